@@ -1,0 +1,1 @@
+CREATE INDEX IF NOT EXISTS quarantine_run_idx ON quarantine (run_id, entity)

@@ -1,0 +1,1 @@
+CREATE INDEX IF NOT EXISTS users_email_idx ON users (email)

@@ -1,0 +1,69 @@
+"""The target database of one sync: a Postgres connection, the sync's schema, its SQL files."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+log = logging.getLogger(__name__)
+
+SQL_DIR = Path(os.environ.get("USERSYNC_SQL_DIR", Path(__file__).resolve().parents[2] / "include" / "sql"))
+
+
+def hook_params(schema: str) -> dict[str, Any]:
+    """Sessions see only the sync's schema, so SQL files name tables without a schema."""
+    return {"options": f"-c search_path={schema}"}
+
+
+class TargetDb:
+    def __init__(self, conn_id: str, schema: str, sync: str):
+        self.conn_id, self.schema, self.sync = conn_id, schema, sync
+
+    def _sql_path(self, name: str) -> Path | None:
+        """include/sql/<sync>/<name>.sql, else include/sql/common/<name>.sql."""
+        for folder in (self.sync, "common"):
+            path = SQL_DIR / folder / f"{name}.sql"
+            if path.exists():
+                return path
+        return None
+
+    def has_sql(self, name: str) -> bool:
+        return self._sql_path(name) is not None
+
+    def sql(self, name: str) -> str:
+        path = self._sql_path(name)
+        if path is None:
+            raise FileNotFoundError(f"no {name}.sql in {SQL_DIR / self.sync} or {SQL_DIR / 'common'}")
+        return path.read_text()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """One transaction: committed when the block ends, rolled back if it raises."""
+        conn = PostgresHook(postgres_conn_id=self.conn_id, **hook_params(self.schema)).get_conn()
+        try:
+            with conn.cursor() as cur:
+                yield cur
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        finally:
+            conn.close()
+
+    def run(self, cur: Any, name: str, params: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """Execute a named statement; return its first row as a dict (None if it returns nothing)."""
+        cur.execute(self.sql(name), params)
+        if cur.description is None:
+            return None
+        row = cur.fetchone()
+        return None if row is None else dict(zip([c.name for c in cur.description], row, strict=True))
+
+    def query(self, name: str, params: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        with self.transaction() as cur:
+            return self.run(cur, name, params)

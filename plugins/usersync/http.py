@@ -1,0 +1,269 @@
+"""HTTP client layer on the http provider's HttpHook.
+
+The Airflow connection gives the base URL, the credentials (login/password) and these extras:
+  rate_limit   "2/s,1200/h": the API's declared limits; the client stays under all of them
+  timeout      seconds per request (default 30)
+  max_retries  retries on 5xx, timeouts, connection errors and unreadable bodies (default 5)
+  backoff      first retry delay in seconds, doubled each retry (default 1)
+  token_path   where an auth flow gets its token (default per flow)
+Everything else in extras is left to HttpHook, which turns it into request headers.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import requests
+from airflow.providers.http.hooks.http import HttpHook
+from airflow.sdk.log import mask_secret
+
+log = logging.getLogger(__name__)
+
+CLIENT_EXTRAS = ("rate_limit", "timeout", "max_retries", "backoff", "token_path")
+RETRYABLE_STATUS = {500, 502, 503, 504}
+MAX_THROTTLED_WAITS = 50
+UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+class ApiError(Exception):
+    """The API answered in a way retries cannot fix (4xx, or 5xx after every retry)."""
+
+
+def parse_rate_limit(spec: str | None) -> list[tuple[int, float]]:
+    """'2/s,1200/h' -> [(2, 1.0), (1200, 3600.0)]."""
+    limits = []
+    for part in (spec or "").replace(" ", "").split(","):
+        if not part:
+            continue
+        match = re.fullmatch(r"(\d+)/(\d*)([smhd])", part)
+        if not match:
+            raise ValueError(f"bad rate_limit {part!r}: expected e.g. '2/s,1200/h'")
+        count, per, unit = match.groups()
+        limits.append((int(count), float(per or 1) * UNITS[unit]))
+    return limits
+
+
+class RateLimiter:
+    """Sliding-window limiter shared by every thread of one client.
+
+    A request may start only when, in each window, fewer than `count` requests started in the last
+    `period` seconds. `pause()` holds everyone back after the server said 429 + Retry-After.
+    """
+
+    SAFETY = 0.02  # seconds; keeps us under the server's window despite clock jitter
+
+    def __init__(self, limits: list[tuple[int, float]]):
+        self.limits = limits
+        self.history = [deque() for _ in limits]
+        self.paused_until = 0.0
+        self.lock = threading.Lock()
+
+    def acquire(self) -> None:
+        while True:
+            with self.lock:
+                now = time.monotonic()
+                wait = self.paused_until - now
+                for (count, period), started in zip(self.limits, self.history, strict=True):
+                    while started and started[0] <= now - period - self.SAFETY:
+                        started.popleft()
+                    if len(started) >= count:
+                        wait = max(wait, started[0] + period + self.SAFETY - now)
+                if wait <= 0:
+                    for started in self.history:
+                        started.append(now)
+                    return
+            time.sleep(wait)
+
+    def pause(self, seconds: float) -> None:
+        with self.lock:
+            self.paused_until = max(self.paused_until, time.monotonic() + seconds)
+
+
+@dataclass
+class CallStats:
+    calls: int = 0
+    throttled: int = 0
+    retries: int = 0
+    token_renewals: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **counts: int) -> None:
+        with self.lock:
+            for name, n in counts.items():
+                setattr(self, name, getattr(self, name) + n)
+
+    def as_dict(self) -> dict[str, int]:
+        return {"api_calls": self.calls, "throttled": self.throttled, "retries": self.retries,
+                "token_renewals": self.token_renewals}
+
+
+class Auth(Protocol):
+    """How an API authenticates: headers for each call, and a renewal when the API answers 401."""
+
+    def headers(self, client: ApiClient) -> dict[str, str]: ...
+
+    def renew(self, client: ApiClient) -> None: ...
+
+
+class OAuth2ClientCredentials:
+    """OAuth2 client-credentials (the connection's login/password are client id/secret).
+
+    The token is cached for the client's lifetime (every page) and renewed shortly before it expires
+    or when the API answers 401.
+    """
+
+    default_token_path = "/oauth/token"
+
+    def __init__(self) -> None:
+        self.token: str | None = None
+        self.expires_at = 0.0
+        self.lock = threading.Lock()
+
+    def headers(self, client: ApiClient) -> dict[str, str]:
+        with self.lock:
+            if self.token is None or time.monotonic() > self.expires_at - 60:
+                self._fetch(client)
+            return {"Authorization": f"Bearer {self.token}"}
+
+    def renew(self, client: ApiClient) -> None:
+        with self.lock:
+            self._fetch(client)
+
+    def _fetch(self, client: ApiClient) -> None:
+        path = client.extras.get("token_path") or self.default_token_path
+        body, _ = client.fetch_json(
+            "POST", path, authenticated=False,
+            data={"grant_type": "client_credentials", "client_id": client.login,
+                  "client_secret": client.password},
+        )
+        self.token = body["access_token"]
+        mask_secret(self.token)
+        self.expires_at = time.monotonic() + float(body.get("expires_in", 3600))
+        client.stats.add(token_renewals=1)
+        log.info("obtained an access token valid %ss", body.get("expires_in", "?"))
+
+
+class ApiClient:
+    """One API connection: base URL and credentials from Airflow, plus auth, limits and retries.
+
+    Safe to share between threads (one requests.Session per thread).
+    """
+
+    def __init__(self, conn_id: str, auth: Auth | None = None):
+        self.conn_id = conn_id
+        self.auth = auth
+        self.stats = CallStats()
+        self._hook = HttpHook(method="GET", http_conn_id=conn_id)
+        connection = self._hook.get_connection(conn_id)
+        self.login, self.password = connection.login, connection.password
+        if self.password:
+            mask_secret(self.password)
+        self.extras = connection.extra_dejson
+        self.timeout = float(self.extras.get("timeout", 30))
+        self.max_retries = int(self.extras.get("max_retries", 5))
+        self.backoff = float(self.extras.get("backoff", 1))
+        self.limiter = RateLimiter(parse_rate_limit(self.extras.get("rate_limit")))
+        self._local = threading.local()
+        self.base_url = ""
+
+    @property
+    def session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._hook.get_conn()
+            self.base_url = self._hook.base_url.rstrip("/")
+            session.auth = None  # HttpHook would send login/password as basic auth on every call
+            for key in CLIENT_EXTRAS:
+                session.headers.pop(key, None)
+            self._local.session = session
+        return session
+
+    def url(self, path_or_url: str) -> str:
+        if path_or_url.startswith(("http://", "https://")):
+            return path_or_url
+        self.session  # noqa: B018 -- resolves base_url
+        return f"{self.base_url}/{path_or_url.lstrip('/')}"
+
+    def request(self, method: str, path: str, *, authenticated: bool = True, **kwargs: Any) -> requests.Response:
+        """Send one call, waiting for the rate limiter; retry what can be retried; raise ApiError otherwise."""
+        url = self.url(path)
+        extra_headers = kwargs.pop("headers", None) or {}
+        failures, throttled_waits, renewed = 0, 0, False
+        while True:
+            headers = dict(extra_headers)
+            if authenticated and self.auth:
+                headers.update(self.auth.headers(self))
+            self.limiter.acquire()
+            self.stats.add(calls=1)
+            try:
+                response = self.session.request(method, url, headers=headers, timeout=self.timeout, **kwargs)
+                problem = None if response.status_code not in RETRYABLE_STATUS else f"HTTP {response.status_code}"
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                response, problem = None, f"{type(exc).__name__}: {exc}"
+
+            if response is not None and response.status_code == 429:
+                throttled_waits += 1
+                if throttled_waits > MAX_THROTTLED_WAITS:
+                    raise ApiError(f"{method} {_path(url)}: still rate limited after {MAX_THROTTLED_WAITS} waits")
+                wait = _retry_after(response)
+                self.stats.add(throttled=1)
+                self.limiter.pause(wait)
+                log.warning("429 on %s %s: waiting %.1fs as Retry-After says", method, _path(url), wait)
+                continue
+            if response is not None and response.status_code == 401 and authenticated and self.auth:
+                if renewed:
+                    raise ApiError(f"{method} {_path(url)}: 401 even with a fresh token: {_snippet(response)}")
+                log.info("401 on %s %s: renewing the token", method, _path(url))
+                self.auth.renew(self)
+                renewed = True
+                continue
+            if problem is None:
+                if response.status_code >= 400:
+                    raise ApiError(f"{method} {_path(url)} answered {response.status_code}: {_snippet(response)}")
+                return response
+            failures = self._back_off(failures, f"{method} {_path(url)}: {problem}")
+
+    def fetch_json(self, method: str, path: str, **kwargs: Any) -> tuple[Any, requests.Response]:
+        """request() and decode the JSON body; a truncated or garbled body is retried like a 5xx.
+
+        Returns (decoded body, response) so callers can also read headers.
+        """
+        failures = 0
+        while True:
+            response = self.request(method, path, **kwargs)
+            try:
+                return response.json(), response
+            except ValueError as exc:
+                failures = self._back_off(failures, f"{method} {_path(response.url)}: unreadable JSON ({exc})")
+
+    def _back_off(self, failures: int, problem: str) -> int:
+        if failures >= self.max_retries:
+            raise ApiError(f"{problem} (gave up after {failures} retries)")
+        delay = self.backoff * 2**failures * random.uniform(0.8, 1.2)
+        self.stats.add(retries=1)
+        log.warning("%s; retry %d/%d in %.1fs", problem, failures + 1, self.max_retries, delay)
+        time.sleep(delay)
+        return failures + 1
+
+
+def _retry_after(response: requests.Response) -> float:
+    try:
+        return max(float(response.headers.get("Retry-After", 1)), 0.0)
+    except ValueError:
+        return 1.0
+
+
+def _path(url: str) -> str:
+    """The URL without scheme, host or query: safe to log."""
+    return re.sub(r"^https?://[^/]+", "", url).split("?")[0]
+
+
+def _snippet(response: requests.Response) -> str:
+    return response.text[:300].replace("\n", " ")

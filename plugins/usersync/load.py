@@ -1,0 +1,78 @@
+"""Stage (COPY into <entity>_delta) and upsert (one set-based statement per transaction).
+
+Per entity a sync provides, in include/sql/<sync>/:
+  stage_<entity>.sql        <entity>_raw -> <entity>_delta: typed, last record per key wins, bad records
+                            to quarantine with their reason; returns received/staged/quarantined/duplicates
+  upsert_<entity>.sql       <entity>_delta -> <entity>: inserts new rows, updates rows whose values differ;
+                            returns inserted/updated/unchanged
+  mark_deleted_<entity>.sql (full refresh only) marks rows the source no longer returns;
+                            returns marked/active_before
+  watermark_<entity>.sql    (incremental syncs) the newest source timestamp the table now holds
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from airflow.sdk import ObjectStoragePath
+from psycopg import sql
+
+from usersync.db import TargetDb
+from usersync.staging import iter_staged_bytes
+
+log = logging.getLogger(__name__)
+
+# Each staged line is one JSON record; this CSV dialect's quote and delimiter bytes never occur in JSON
+# text, so COPY takes every line verbatim as one value.
+COPY_RAW = "COPY {} (record) FROM STDIN WITH (FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')"
+
+
+class DeletionGuardError(Exception):
+    """A full refresh would mark too many rows deleted: most likely a truncated API answer."""
+
+
+def stage(db: TargetDb, entity: str, prefix: ObjectStoragePath | str, run_id: str) -> dict[str, int]:
+    """COPY the staged records into <entity>_raw, then project them into <entity>_delta, in one transaction."""
+    raw, delta = sql.Identifier(f"{entity}_raw"), sql.Identifier(f"{entity}_delta")
+    with db.transaction() as cur:
+        cur.execute(sql.SQL("TRUNCATE {}, {} RESTART IDENTITY").format(raw, delta))
+        with cur.copy(sql.SQL(COPY_RAW).format(raw)) as copy:
+            for chunk in iter_staged_bytes(ObjectStoragePath(str(prefix))):
+                copy.write(chunk)
+        counts = db.run(cur, f"stage_{entity}", {"run_id": run_id, "entity": entity})
+    log.info("staged %s: %s", entity, counts)
+    return counts
+
+
+def upsert(
+    db: TargetDb,
+    entity: str,
+    *,
+    run_id: str,
+    full_refresh: bool = False,
+    max_delete_share: float = 0.10,
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    """Apply <entity>_delta to <entity> in one transaction (rolled back on a dry run or any failure)."""
+    with db.transaction() as cur:
+        counts = db.run(cur, f"upsert_{entity}")
+        counts["marked_deleted"] = 0
+        if full_refresh:
+            marked = db.run(cur, f"mark_deleted_{entity}", {"run_id": run_id, "entity": entity})
+            share = marked["marked"] / max(marked["active_before"], 1)
+            if share > max_delete_share:
+                raise DeletionGuardError(
+                    f"refusing to mark {marked['marked']} of {marked['active_before']} {entity} as deleted "
+                    f"({share:.1%} > the {max_delete_share:.0%} limit): the source answered far fewer records "
+                    f"than the table holds. Nothing was written. If this is real, re-run with a higher "
+                    f"max_delete_share."
+                )
+            counts["marked_deleted"] = marked["marked"]
+        if db.has_sql(f"watermark_{entity}"):
+            counts["watermark"] = db.run(cur, f"watermark_{entity}")["watermark"]
+        if dry_run:
+            cur.connection.rollback()
+            log.info("dry run: rolled back %s", counts)
+    log.info("upserted %s: %s", entity, counts)
+    return counts

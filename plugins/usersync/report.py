@@ -1,0 +1,57 @@
+"""The run report: logged as a table, returned to XCom, appended to the sync's sync_runs table."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from usersync.db import TargetDb
+
+log = logging.getLogger(__name__)
+
+# The figures every report shows first, in this order; anything else a sync adds follows.
+HEADLINE = ("fetched", "inserted", "updated", "unchanged", "marked_deleted", "quarantined", "duplicates",
+            "api_calls", "throttled", "retries", "duration_s")
+
+
+def build_report(*, dag_id: str, run_id: str, mode: str, dry_run: bool, started_at: datetime | None,
+                 **figures: Any) -> dict[str, Any]:
+    finished = datetime.now(UTC)
+    report = {"dag_id": dag_id, "run_id": run_id, "mode": mode, "dry_run": dry_run,
+              "started_at": started_at.isoformat() if started_at else None, "finished_at": finished.isoformat()}
+    if started_at and "duration_s" not in figures:
+        figures["duration_s"] = round((finished - started_at).total_seconds(), 1)
+    report.update(figures)
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    title = f"{report['dag_id']}  {report['run_id']}  mode={report['mode']}"
+    if report.get("dry_run"):
+        title += "  DRY RUN: nothing written"
+    keys = [k for k in HEADLINE if k in report]
+    keys += [k for k in report if k not in keys and k not in ("dag_id", "run_id", "mode", "dry_run")]
+    width = max(len(k) for k in keys)
+    lines = [title, "-" * len(title)]
+    for key in keys:
+        value = report[key]
+        shown = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+        lines.append(f"{key.ljust(width)}  {shown}")
+    return "\n".join(lines)
+
+
+def record_run(db: TargetDb, report: dict[str, Any]) -> None:
+    db.query("record_run", {
+        "dag_id": report["dag_id"], "run_id": report["run_id"], "mode": report["mode"],
+        "dry_run": report["dry_run"], "started_at": report["started_at"], "watermark": report.get("watermark"),
+        "report": json.dumps(report, default=str),
+    })
+
+
+def publish(db: TargetDb, report: dict[str, Any]) -> dict[str, Any]:
+    """Log the report as a table and append it to sync_runs; returns it for XCom."""
+    log.info("run report\n%s", format_report(report))
+    record_run(db, report)
+    return report

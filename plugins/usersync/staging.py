@@ -1,0 +1,128 @@
+"""Paginated fetch to staging files.
+
+Each run stages under its own prefix: <root>/<dag_id>/<run_id>/<stream>/
+  page-000001.ndjson ...  one file per API page, one JSON record per line
+  _progress.json          pages written so far and where to resume (rewritten after every page)
+  _manifest.json          written once the last page is staged: the fetch's metadata
+The root is USERSYNC_STAGING_URL (an ObjectStoragePath URL: file:///..., s3://conn_id@bucket/...),
+by default a local folder under AIRFLOW_HOME. A retried task resumes after the last staged page.
+Files hold only what the API returned for records: never tokens or credentials.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from airflow.sdk import ObjectStoragePath
+
+from usersync.http import ApiClient
+
+log = logging.getLogger(__name__)
+
+PAGE_GLOB = "page-*.ndjson"
+
+
+@dataclass
+class Page:
+    records: list[Any]
+    next: dict[str, Any] | None  # the state that fetches the following page; None on the last page
+
+
+# A paginator fetches the page described by a state (JSON-serialisable, so a retry can resume).
+Paginator = Callable[[dict[str, Any]], Page]
+
+
+def staging_root() -> ObjectStoragePath:
+    default = "file://" + os.path.join(os.environ.get("AIRFLOW_HOME", os.path.expanduser("~/airflow")), "staging")
+    return ObjectStoragePath(os.environ.get("USERSYNC_STAGING_URL", default))
+
+
+def run_prefix(dag_id: str, run_id: str, stream: str) -> ObjectStoragePath:
+    safe_run_id = re.sub(r"[^A-Za-z0-9._-]", "_", run_id)
+    return staging_root() / dag_id / safe_run_id / stream
+
+
+def _read_json(path: ObjectStoragePath) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _write_json(path: ObjectStoragePath, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, default=str))
+
+
+def fetch_to_staging(
+    prefix: ObjectStoragePath, paginate: Paginator, first: dict[str, Any], client: ApiClient
+) -> dict[str, Any]:
+    """Stage every page from `first` on; resume where a previous try stopped. Returns the manifest."""
+    manifest = _read_json(prefix / "_manifest.json")
+    if manifest:
+        log.info("already staged by an earlier try: %s pages, %s records", manifest["pages"], manifest["records"])
+        return manifest
+    prefix.mkdir(parents=True, exist_ok=True)
+    progress = _read_json(prefix / "_progress.json") or {
+        "pages": 0, "records": 0, "next": first, "started_epoch": time.time(), "api": {},
+    }
+    if progress["pages"]:
+        log.info("resuming after %s staged pages", progress["pages"])
+    earlier_api = progress["api"]
+    state = progress["next"]
+    while state is not None:
+        page = paginate(state)
+        number = progress["pages"] + 1
+        with (prefix / f"page-{number:06d}.ndjson").open("w", encoding="utf-8") as out:
+            for record in page.records:
+                out.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")))
+                out.write("\n")
+        progress.update(pages=number, records=progress["records"] + len(page.records), next=page.next,
+                        api=_sum(earlier_api, client.stats.as_dict()))
+        _write_json(prefix / "_progress.json", progress)
+        log.info("staged page %d (%d records, %d so far)", number, len(page.records), progress["records"])
+        state = page.next
+
+    api = _sum(earlier_api, client.stats.as_dict())
+    manifest = {
+        "prefix": str(prefix),
+        "fetch_epoch": int(progress["started_epoch"]),
+        "pages": progress["pages"],
+        "records": progress["records"],
+        "api_calls": api.get("api_calls", 0),
+        "throttled": api.get("throttled", 0),
+        "retries": api.get("retries", 0),
+        "duration_s": round(time.time() - progress["started_epoch"], 3),
+    }
+    _write_json(prefix / "_manifest.json", manifest)
+    return manifest
+
+
+def _sum(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    return {key: a.get(key, 0) + b.get(key, 0) for key in a.keys() | b.keys()}
+
+
+def staged_pages(prefix: ObjectStoragePath) -> list[ObjectStoragePath]:
+    return sorted(prefix.glob(PAGE_GLOB), key=lambda p: p.name)
+
+
+def iter_staged_bytes(prefix: ObjectStoragePath, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    """Every staged record line, page after page, in chunks: what COPY reads."""
+    for page in staged_pages(prefix):
+        with page.open("rb") as f:
+            while chunk := f.read(chunk_size):
+                yield chunk
+
+
+def remove_other_runs(dag_id: str, keep_run_id: str) -> None:
+    """Keep only this run's staging for the DAG: older runs' pages are already loaded (or abandoned)."""
+    keep = run_prefix(dag_id, keep_run_id, "x").parent.name
+    base = staging_root() / dag_id
+    if not base.exists():
+        return
+    for run_dir in base.iterdir():
+        if run_dir.name != keep:
+            run_dir.rmdir(recursive=True)

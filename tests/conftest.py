@@ -1,0 +1,110 @@
+"""Test session: Airflow on a throw-away home, a real Postgres, the sandbox APIs over real HTTP.
+
+Airflow reads its configuration at import, so the environment is set here, before anything imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="usersync-airflow-"))
+os.environ.update({
+    "AIRFLOW_HOME": str(AIRFLOW_HOME),
+    "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+    "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{AIRFLOW_HOME}/airflow.db",
+    "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+    "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+    "USERSYNC_STAGING_URL": f"file://{AIRFLOW_HOME}/staging",
+})
+for path in (ROOT, ROOT / "plugins"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+from sandbox.common import serve  # noqa: E402
+from sandbox.intra42 import Intra42Data, create_app  # noqa: E402
+from tools.embedded_pg import running  # noqa: E402
+
+CLIENT_ID, CLIENT_SECRET = "test-client-id", "test-client-secret-s3cr3t"
+TEST_STUDENTS = 1234
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(AIRFLOW_HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    """The Airflow metadata DB (SQLite), migrated once per session."""
+    from airflow.utils.db import upgradedb
+
+    upgradedb()
+    return AIRFLOW_HOME
+
+
+@pytest.fixture(scope="session")
+def pg():
+    """A real PostgreSQL cluster for the whole session; every sync's DB connection points at it."""
+    data_dir = ROOT / ".pgdata" / f"test-{os.getpid()}"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    with running(data_dir) as server:
+        url = server.url.replace("postgresql://", "postgres://")
+        for conn in ("INTRA42_DB",):
+            os.environ[f"AIRFLOW_CONN_{conn}"] = url
+        yield server
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def sql(pg):
+    """Run SQL against the test Postgres: sql("select ...") -> list of tuples."""
+    import psycopg
+
+    def run(statement: str, params=None):
+        with psycopg.connect(pg.url, autocommit=True) as conn:
+            cur = conn.execute(statement, params)
+            return cur.fetchall() if cur.description else None
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def intra42_sandbox():
+    """The 42 sandbox on a free port; AIRFLOW_CONN_INTRA42_API points at it with a fast rate limit."""
+    data = Intra42Data(students=TEST_STUDENTS, seed=7)
+    app = create_app(data=data, client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
+                     limits=[(40, 1.0), (100000, 3600.0)])
+    with serve(app) as url:
+        os.environ["AIRFLOW_CONN_INTRA42_API"] = json.dumps({
+            "conn_type": "http", "host": url, "login": CLIENT_ID, "password": CLIENT_SECRET,
+            "extra": {"rate_limit": "40/s", "backoff": 0.05, "max_retries": 6, "timeout": 10},
+        })
+        yield Sandbox(url, data)
+
+
+class Sandbox:
+    """A running sandbox: its URL, its data (the ground truth) and its control endpoints."""
+
+    def __init__(self, url: str, data):
+        self.url, self.data = url, data
+
+    def control(self, action: str, body: dict | None = None):
+        import requests
+
+        response = requests.post(f"{self.url}/_sandbox/{action}", json=body or {}, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def state(self) -> dict:
+        import requests
+
+        return requests.get(f"{self.url}/_sandbox/state", timeout=10).json()

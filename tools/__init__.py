@@ -1,0 +1,1 @@
+"""Developer tooling: the embedded Postgres and the demo runner (not imported by DAGs)."""
