@@ -30,8 +30,6 @@ for path in (ROOT, ROOT / "plugins"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from sandbox.common import serve  # noqa: E402
-from sandbox.intra42 import Intra42Data, create_app  # noqa: E402
 from tools.embedded_pg import running  # noqa: E402
 
 CLIENT_ID, CLIENT_SECRET = "test-client-id", "test-client-secret-s3cr3t"
@@ -80,6 +78,9 @@ def sql(pg):
 @pytest.fixture(scope="session")
 def intra42_sandbox():
     """The 42 sandbox on a free port; AIRFLOW_CONN_INTRA42_API points at it with a fast rate limit."""
+    from sandbox.common import serve
+    from sandbox.intra42 import Intra42Data, create_app
+
     data = Intra42Data(students=TEST_STUDENTS, seed=7)
     app = create_app(data=data, client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
                      limits=[(40, 1.0), (100000, 3600.0)])
@@ -108,3 +109,16 @@ class Sandbox:
         import requests
 
         return requests.get(f"{self.url}/_sandbox/state", timeout=10).json()
+
+
+@pytest.fixture
+def fresh_schema(pg, airflow_db, sql):
+    """Drop a sync's schema and recreate its tables exactly as the DAG's create_tables task does."""
+    from dagrun import get_dag
+
+    def make(dag_id: str, schema: str):
+        sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        for statement in get_dag(dag_id).get_task("create_tables").sql:  # the files' text, as loaded
+            sql(f"SET search_path TO {schema}; {statement.replace('{{ schema }}', schema)}")
+
+    return make

@@ -1,6 +1,6 @@
 """usersync: the building blocks every sync DAG is made of.
 
-http      ApiClient on HttpHook: connection-driven base URL and secrets, auth flows, rate limits, retries
+api       ApiClient on HttpHook: connection-driven base URL and secrets, auth flows, rate limits, retries
 staging   paginated fetch to per-run staging files (ObjectStoragePath), resumable
 load      COPY into <entity>_delta, set-based upsert in one transaction, deletion guard
 window    which slice of the source a run fetches (incremental, interval, full)

@@ -22,7 +22,7 @@ from typing import Any
 
 from airflow.sdk import ObjectStoragePath
 
-from usersync.http import ApiClient
+from usersync.api import ApiClient
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,67 @@
+"""Command line: ``python -m sandbox <api> [options]`` runs one sandbox API until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import threading
+
+from sandbox.common import add_fault_arguments, faults_from_args, serve
+
+
+def _intra42(sub: argparse._SubParsersAction) -> None:
+    from sandbox import intra42
+
+    parser = sub.add_parser("intra42", help="42 intra API v2", description="42 intra API v2 sandbox")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8042, help="0 picks a free port")
+    parser.add_argument("--students", type=int, default=40335, help="non-alumni students generated")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the generated data")
+    parser.add_argument("--updated-from", default="2024-01-01T00:00:00Z")
+    parser.add_argument("--updated-to", default="2026-01-01T00:00:00Z")
+    parser.add_argument("--client-id", default=intra42.DEFAULT_CLIENT_ID)
+    parser.add_argument("--client-secret", default=intra42.DEFAULT_CLIENT_SECRET)
+    parser.add_argument("--per-second", type=int, default=2, help="rate limit per application")
+    parser.add_argument("--per-hour", type=int, default=1200, help="rate limit per application")
+    parser.add_argument("--token-ttl", type=float, default=7200, help="token lifetime, seconds")
+    add_fault_arguments(parser)
+
+    def build(args: argparse.Namespace):
+        data = intra42.Intra42Data(args.students, args.seed, args.updated_from, args.updated_to)
+        return intra42.create_app(
+            data,
+            client_id=args.client_id,
+            client_secret=args.client_secret,
+            per_second=args.per_second,
+            per_hour=args.per_hour,
+            token_ttl=args.token_ttl,
+            faults=faults_from_args(args),
+        )
+
+    parser.set_defaults(build=build)
+
+
+# One entry per API; later APIs add theirs here.
+_APIS = [_intra42]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sandbox", description=__doc__)
+    sub = parser.add_subparsers(dest="api", required=True, metavar="API")
+    for register in _APIS:
+        register(sub)
+    args = parser.parse_args(argv)
+    try:
+        app = args.build(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    with serve(app, args.host, args.port) as url:
+        print(f"{args.api} sandbox listening on {url} (Ctrl-C to stop)", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            threading.Event().wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

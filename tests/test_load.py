@@ -1,0 +1,144 @@
+"""stage / upsert / deletion guard on a real Postgres, from staging files written here."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from usersync import load
+from usersync.db import TargetDb
+
+RUN = "manual__test"
+
+
+def student(id_: int, **changes):
+    record = {"id": id_, "login": f"login{id_}", "email": f"login{id_}@student.42.fr", "first_name": "Zoé",
+              "last_name": "Łukasz", "pool_month": "july", "pool_year": "2023", "location": None,
+              "wallet": 10, "correction_point": 3, "updated_at": "2025-06-01T10:00:00.000Z", "kind": "student"}
+    record.update(changes)
+    return record
+
+
+def write_pages(directory, *pages):
+    directory.mkdir(parents=True, exist_ok=True)
+    for old in directory.glob("page-*.ndjson"):
+        old.unlink()
+    for number, records in enumerate(pages, 1):
+        lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        (directory / f"page-{number:06d}.ndjson").write_text(lines, encoding="utf-8")
+    return f"file://{directory}"
+
+
+@pytest.fixture
+def db(fresh_schema):
+    fresh_schema("intra42_users", "intra42")
+    return TargetDb("intra42_db", "intra42", sync="intra42")
+
+
+def load_students(db, tmp_path, records, **upsert_args):
+    prefix = write_pages(tmp_path / "pages", records)
+    staged = load.stage(db, "users", prefix, RUN)
+    return staged, load.upsert(db, "users", run_id=RUN, **upsert_args)
+
+
+def test_stage_quarantines_bad_records_and_keeps_the_last_duplicate(db, tmp_path, sql):
+    good = [student(i) for i in range(1, 6)]
+    bad = [
+        {"login": "no-id"},
+        student(7, id="7"),
+        student(8, wallet="lots"),
+        student(9, updated_at="yesterday"),
+        student(10, login=None),
+        ["not", "an", "object"],
+    ]
+    prefix = write_pages(tmp_path / "pages", good[:3] + bad, good[3:] + [student(2, wallet=99)])
+
+    staged = load.stage(db, "users", prefix, RUN)
+
+    assert staged == {"received": 12, "staged": 5, "quarantined": 6, "duplicates": 1}
+    assert sql("SELECT wallet FROM intra42.users_delta WHERE id = 2") == [(99,)]
+    reasons = dict(sql("SELECT record->>'login', reason FROM intra42.quarantine WHERE run_id = %s", (RUN,)))
+    assert reasons["no-id"] == "id: missing or not an integer"
+    assert reasons["login8"] == "wallet: not an integer"
+    assert reasons["login9"] == "updated_at: missing or not an ISO 8601 timestamp"
+    assert reasons[None] in ("login: missing or not a string", "not a JSON object")
+
+
+def test_upsert_inserts_then_writes_only_what_changed(db, tmp_path, sql):
+    records = [student(i) for i in range(1, 101)]
+    _, first = load_students(db, tmp_path, records)
+    assert (first["inserted"], first["updated"], first["unchanged"]) == (100, 0, 0)
+    assert first["watermark"] is not None
+
+    before = dict(sql("SELECT id, xmin::text FROM intra42.users"))
+    _, again = load_students(db, tmp_path, records)
+    assert (again["inserted"], again["updated"], again["unchanged"]) == (0, 0, 100)
+    assert dict(sql("SELECT id, xmin::text FROM intra42.users")) == before
+
+    records[4] = student(5, location="c1r1s1")
+    records[9] = student(10, last_name="Müller", updated_at="2025-07-01T00:00:00Z")
+    _, changed = load_students(db, tmp_path, records + [student(500)])
+    assert (changed["inserted"], changed["updated"], changed["unchanged"]) == (1, 2, 98)
+    after = dict(sql("SELECT id, xmin::text FROM intra42.users"))
+    assert {i for i in before if after[i] != before[i]} == {5, 10}
+
+
+def test_dry_run_reports_but_writes_nothing(db, tmp_path, sql):
+    _, counts = load_students(db, tmp_path, [student(i) for i in range(1, 11)], dry_run=True)
+    assert counts["inserted"] == 10
+    assert sql("SELECT count(*) FROM intra42.users") == [(0,)]
+
+
+def test_upsert_failing_midway_leaves_the_table_as_it_was(db, tmp_path, sql):
+    load_students(db, tmp_path, [student(i) for i in range(1, 51)])
+    before = sql("SELECT * FROM intra42.users ORDER BY id")
+    # A row that the database refuses halfway through the statement (as a constraint would).
+    sql("""CREATE FUNCTION intra42.refuse() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN IF NEW.id = 40 THEN RAISE EXCEPTION 'refused row 40'; END IF; RETURN NEW; END $$""")
+    sql("CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON intra42.users FOR EACH ROW EXECUTE FUNCTION intra42.refuse()")
+
+    changed = [student(i, wallet=1000 + i) for i in range(1, 61)]
+    with pytest.raises(Exception, match="refused row 40"):
+        load_students(db, tmp_path, changed)
+
+    assert sql("SELECT * FROM intra42.users ORDER BY id") == before
+
+
+def test_deletion_guard_marks_a_few_missing_rows(db, tmp_path, sql):
+    records = [student(i) for i in range(1, 101)]
+    load_students(db, tmp_path, records)
+
+    _, counts = load_students(db, tmp_path, records[:95], full_refresh=True)
+
+    assert counts["marked_deleted"] == 5
+    assert sql("SELECT id FROM intra42.users WHERE deleted_at IS NOT NULL ORDER BY id") == [(i,) for i in range(96, 101)]
+    assert sql("SELECT count(*) FROM intra42.users") == [(100,)]
+
+    _, back = load_students(db, tmp_path, records, full_refresh=True)
+    assert (back["updated"], back["marked_deleted"]) == (5, 0)
+    assert sql("SELECT count(*) FROM intra42.users WHERE deleted_at IS NOT NULL") == [(0,)]
+
+
+def test_deletion_guard_refuses_a_truncated_full_refresh(db, tmp_path, sql):
+    records = [student(i) for i in range(1, 101)]
+    load_students(db, tmp_path, records)
+    before = sql("SELECT * FROM intra42.users ORDER BY id")
+
+    changed = [student(i, wallet=7) for i in range(1, 31)]  # the API "answered" 30 of 100
+    with pytest.raises(load.DeletionGuardError, match="refusing to mark 70 of 100 users"):
+        load_students(db, tmp_path, changed, full_refresh=True)
+
+    assert sql("SELECT * FROM intra42.users ORDER BY id") == before
+    _, allowed = load_students(db, tmp_path, changed, full_refresh=True, max_delete_share=0.8)
+    assert allowed["marked_deleted"] == 70
+
+
+def test_quarantined_record_is_not_marked_deleted(db, tmp_path, sql):
+    records = [student(i) for i in range(1, 21)]
+    load_students(db, tmp_path, records)
+    records[0] = student(1, wallet="broken")
+
+    staged, counts = load_students(db, tmp_path, records, full_refresh=True)
+
+    assert staged["quarantined"] == 1
+    assert counts["marked_deleted"] == 0
