@@ -569,6 +569,20 @@ def _link_header(request: Request, page: int, last_page: int) -> str | None:
     return ", ".join(links) or None
 
 
+_WINDOW_NAMES = {1.0: "Secondly", 60.0: "Minutely", 3600.0: "Hourly", 86400.0: "Daily"}
+
+
+def _rate_limit_headers(limits: list[tuple[int, float]], remaining: dict[float, int]) -> dict[str, str]:
+    """X-Secondly-RateLimit-Limit/-Remaining etc., one pair per window (1 s, 1 min, 1 h, 1 day)."""
+    headers = {}
+    for limit, window in limits:
+        name = _WINDOW_NAMES.get(float(window))
+        if name:
+            headers[f"X-{name}-RateLimit-Limit"] = str(limit)
+            headers[f"X-{name}-RateLimit-Remaining"] = str(remaining[float(window)])
+    return headers
+
+
 def create_app(
     data: Intra42Data | None = None,
     *,
@@ -576,13 +590,18 @@ def create_app(
     client_secret: str = DEFAULT_CLIENT_SECRET,
     per_second: int = 2,
     per_hour: int = 1200,
+    limits: list[tuple[int, float]] | None = None,
     token_ttl: float = 7200,
     faults: Faults | None = None,
     application_id: int = 4242,
 ) -> FastAPI:
-    """The 42 API sandbox. ``app.state.data`` is the Intra42Data, ``app.state.sandbox`` the Sandbox."""
+    """The 42 API sandbox. ``app.state.data`` is the Intra42Data, ``app.state.sandbox`` the Sandbox.
+
+    ``limits`` ([(count, window_seconds), ...]) overrides ``per_second``/``per_hour``.
+    """
     data = data if data is not None else Intra42Data()
-    sandbox = Sandbox("intra42", [(per_second, 1.0), (per_hour, 3600.0)], faults)
+    limits = limits if limits is not None else [(per_second, 1.0), (per_hour, 3600.0)]
+    sandbox = Sandbox("intra42", limits, faults)
     tokens = TokenStore(token_ttl)
     app = FastAPI(title="42 intra API sandbox", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.data = data
@@ -704,10 +723,7 @@ def create_app(
         response.headers.update(
             {
                 "Cache-Control": "max-age=0, private, must-revalidate",
-                "X-Secondly-RateLimit-Limit": str(per_second),
-                "X-Secondly-RateLimit-Remaining": str(remaining[1.0]),
-                "X-Hourly-RateLimit-Limit": str(per_hour),
-                "X-Hourly-RateLimit-Remaining": str(remaining[3600.0]),
+                **_rate_limit_headers(limits, remaining),
                 "X-Application-Id": str(application_id),
                 "X-Application-Name": "usersync-sandbox",
                 "X-Application-Roles": "",

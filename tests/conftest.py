@@ -82,21 +82,26 @@ def intra42_sandbox():
     from sandbox.intra42 import Intra42Data, create_app
 
     data = Intra42Data(students=TEST_STUDENTS, seed=7)
-    app = create_app(data=data, client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
-                     limits=[(40, 1.0), (100000, 3600.0)])
+    app = create_app(data=data, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, per_second=40, per_hour=100000)
     with serve(app) as url:
-        os.environ["AIRFLOW_CONN_INTRA42_API"] = json.dumps({
-            "conn_type": "http", "host": url, "login": CLIENT_ID, "password": CLIENT_SECRET,
-            "extra": {"rate_limit": "40/s", "backoff": 0.05, "max_retries": 6, "timeout": 10},
-        })
-        yield Sandbox(url, data)
+        os.environ["AIRFLOW_CONN_INTRA42_API"] = intra42_conn(url, rate_limit="40/s")
+        yield Sandbox(url, app)
+
+
+def intra42_conn(url: str, rate_limit: str) -> str:
+    """AIRFLOW_CONN_INTRA42_API for a sandbox; short backoffs keep fault tests quick."""
+    return json.dumps({
+        "conn_type": "http", "host": url, "login": CLIENT_ID, "password": CLIENT_SECRET,
+        # Strings, as the Airflow UI stores them (HttpHook also sends extras as request headers).
+        "extra": {"rate_limit": rate_limit, "backoff": "0.05", "max_retries": "6", "timeout": 10},
+    })
 
 
 class Sandbox:
     """A running sandbox: its URL, its data (the ground truth) and its control endpoints."""
 
-    def __init__(self, url: str, data):
-        self.url, self.data = url, data
+    def __init__(self, url: str, app):
+        self.url, self.app, self.data = url, app, app.state.data
 
     def control(self, action: str, body: dict | None = None):
         import requests
