@@ -22,7 +22,7 @@ from usersync.window import choose_window
 
 API_CONN, DB_CONN, SCHEMA = "intra42_api", "intra42_db", "intra42"
 CURSUS_ID = 21
-STUDENTS_ONLY = {"filter[kind]": "student", "filter[alumni?]": "false", "sort": "id"}
+STUDENTS_ONLY = {"filter[kind]": "student", "filter[alumni?]": "false"}
 db = TargetDb(DB_CONN, SCHEMA, sync="intra42")
 
 
@@ -98,7 +98,7 @@ def intra42_users():
             query["range[updated_at]"] = f"{window['updated_from']},{window['updated_to']}"
         pages = intra42.users_paginator(api, CURSUS_ID, query, per_page=params["per_page"])
         prefix = staging.run_prefix(dag_run.dag_id, dag_run.run_id, "users")
-        return staging.fetch_to_staging(prefix, pages, {"page": 1}, api)
+        return staging.fetch_to_staging(prefix, pages, {"after_id": 0}, api)
 
     @task
     def stage_users(fetched: dict, dag_run=None) -> dict:

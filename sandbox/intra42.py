@@ -447,15 +447,18 @@ class Intra42Data:
     def page(self, query: Query, page: int, per_page: int, repeat: int = 0) -> tuple[list[dict], int, int]:
         """(records of page ``page`` (1-based), total matching, records repeated from the previous page).
 
-        ``repeat`` > 0 prepends that many records of the previous page (the duplicate fault).
+        ``repeat`` > 0 prepends that many records of the previous page, or of this one when it is the first
+        (the duplicate fault).
         """
         with self._lock:
             positions = self.positions(query)
             start = (page - 1) * per_page
             chunk = list(positions[start : start + per_page])
             repeated = []
-            if repeat and chunk and start > 0:
-                repeated = list(positions[max(0, start - repeat) : start])
+            if repeat and chunk:
+                # Records of the previous page; on a first page (as keyset walks always ask for), its own last
+                # records: either way the client receives some records twice.
+                repeated = list(positions[max(0, start - repeat) : start]) if start else chunk[-repeat:]
             return [self._record(p) for p in repeated + chunk], len(positions), len(repeated)
 
     def matching(

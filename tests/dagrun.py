@@ -23,8 +23,13 @@ def get_dag(dag_id: str):
 
 
 def run_dag(dag_id: str, conf: dict | None = None, logical_date=None, retry_delay=timedelta(0)):
-    """One dag.test() run; task retries wait `retry_delay` instead of minutes. Returns {task_id: state}."""
-    dag = get_dag(dag_id)
+    """One dag.test() run; task retries wait `retry_delay` instead of minutes. Returns (run, {task_id: state}).
+
+    Parses the DAG afresh: in-process, a run's conf is merged into the Param objects its DAG shares.
+    """
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(dag_folder=str(ROOT / "dags" / f"{dag_id}.py")).get_dag(dag_id)
     for task in dag.tasks:
         task.retry_delay = retry_delay
         task.max_retry_delay = retry_delay

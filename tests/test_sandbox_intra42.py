@@ -385,12 +385,14 @@ def test_duplicated_records(api, url):
     params = {"sort": "id", "per_page": 10}
     clean = [api.get("/v2/users", params={**params, "page": n}).json() for n in (1, 2)]
     set_faults(url, duplicate_rate=1.0)
-    assert api.get("/v2/users", params={**params, "page": 1}).json() == clean[0]  # nothing before page 1
+    page1 = api.get("/v2/users", params={**params, "page": 1}).json()
+    repeated = len(page1) - 10  # a first page repeats its own last records
+    assert 1 <= repeated <= 3 and page1 == clean[0][-repeated:] + clean[0]
     page2 = api.get("/v2/users", params={**params, "page": 2})
     repeated = len(page2.json()) - 10
     assert 1 <= repeated <= 3 and page2.headers["X-Total"] == str(STUDENTS + STUDENTS // 24)
     assert page2.json() == clean[0][-repeated:] + clean[1]
-    assert state(url)["stats"]["duplicated"] == 1
+    assert state(url)["stats"]["duplicated"] == 2
 
 
 def test_fault_control_endpoint(url):

@@ -5,7 +5,8 @@
 - interval:    the run's own data interval (backfill runs, or the interval_only param): backfilling a
                range reproduces what a full refresh would load for it
 - incremental: what changed since the last successful run's watermark, minus an overlap, up to now; a
-               missed or failed run moves no watermark, so the next run picks its changes up
+               missed or failed run moves no watermark, so the next run picks its changes up. The
+               watermark is the newest source timestamp loaded, so the source's clock is what counts
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def choose_window(
     if watermark is None:
         return {"mode": "full", "why": "no earlier successful run"}
     return {"mode": "incremental", "why": f"changes since the last watermark {_iso(watermark)}",
-            "updated_from": _iso(watermark - OVERLAP), "updated_to": _iso(now)}
+            "updated_from": _iso(watermark - OVERLAP), "updated_to": _iso(now + timedelta(seconds=1))}
 
 
 def _iso(moment: datetime) -> str:
