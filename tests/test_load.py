@@ -95,7 +95,8 @@ def test_upsert_failing_midway_leaves_the_table_as_it_was(db, tmp_path, sql):
     # A row that the database refuses halfway through the statement (as a constraint would).
     sql("""CREATE FUNCTION intra42.refuse() RETURNS trigger LANGUAGE plpgsql AS
            $$ BEGIN IF NEW.id = 40 THEN RAISE EXCEPTION 'refused row 40'; END IF; RETURN NEW; END $$""")
-    sql("CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON intra42.users FOR EACH ROW EXECUTE FUNCTION intra42.refuse()")
+    sql("CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON intra42.users "
+        "FOR EACH ROW EXECUTE FUNCTION intra42.refuse()")
 
     changed = [student(i, wallet=1000 + i) for i in range(1, 61)]
     with pytest.raises(Exception, match="refused row 40"):
@@ -111,7 +112,8 @@ def test_deletion_guard_marks_a_few_missing_rows(db, tmp_path, sql):
     _, counts = load_students(db, tmp_path, records[:95], full_refresh=True)
 
     assert counts["marked_deleted"] == 5
-    assert sql("SELECT id FROM intra42.users WHERE deleted_at IS NOT NULL ORDER BY id") == [(i,) for i in range(96, 101)]
+    marked = sql("SELECT id FROM intra42.users WHERE deleted_at IS NOT NULL ORDER BY id")
+    assert marked == [(i,) for i in range(96, 101)]
     assert sql("SELECT count(*) FROM intra42.users") == [(100,)]
 
     _, back = load_students(db, tmp_path, records, full_refresh=True)

@@ -12,8 +12,8 @@ from usersync.db import TargetDb
 log = logging.getLogger(__name__)
 
 # The figures every report shows first, in this order; anything else a sync adds follows.
-HEADLINE = ("fetched", "inserted", "updated", "unchanged", "marked_deleted", "quarantined", "duplicates",
-            "api_calls", "throttled", "retries", "duration_s")
+HEADLINE = ("window", "fetched", "pages", "inserted", "updated", "unchanged", "marked_deleted", "quarantined",
+            "duplicates", "api_calls", "throttled", "retries", "duration_s")
 
 
 def build_report(*, dag_id: str, run_id: str, mode: str, dry_run: bool, started_at: datetime | None,

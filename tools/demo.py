@@ -1,0 +1,163 @@
+"""The demo: every DAG once, end to end, against the sandbox APIs and a Postgres, printing each run's report.
+
+    scripts/demo                 embedded Postgres under .demo/ (or --db-url URL), sandbox APIs, every DAG once
+    scripts/demo ui              the same services, then `airflow standalone` on the same environment
+
+Everything lives under .demo/ (Airflow home, Postgres data, staging, logs); delete it to start over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / ".demo"
+SANDBOX_CLIENT_ID, SANDBOX_SECRET = "usersync-sandbox-uid", "usersync-sandbox-secret"
+
+
+def airflow_env(db_url: str, intra42_url: str, rate_per_second: int) -> dict[str, str]:
+    home = DEMO / "airflow"
+    home.mkdir(parents=True, exist_ok=True)
+    return {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "USERSYNC_STAGING_URL": f"file://{DEMO / 'staging'}",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")]),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "AIRFLOW_CONN_INTRA42_DB": db_url,
+        "AIRFLOW_CONN_INTRA42_API": json.dumps({
+            "conn_type": "http", "host": intra42_url, "login": SANDBOX_CLIENT_ID, "password": SANDBOX_SECRET,
+            "extra": {"rate_limit": f"{rate_per_second}/s,1200/h"},
+        }),
+    }
+
+
+@contextlib.contextmanager
+def postgres(db_url: str | None):
+    """The given database, or the project's embedded one under .demo/pg (kept between demos)."""
+    if db_url:
+        yield db_url
+        return
+    from tools.embedded_pg import EmbeddedPostgres, free_port
+
+    pg = EmbeddedPostgres(DEMO / "pg", free_port())
+    pg.stop()  # a previous demo interrupted hard may have left it running
+    pg.start()
+    try:
+        yield pg.url.replace("postgresql://", "postgres://")
+    finally:
+        pg.stop()
+
+
+@contextlib.contextmanager
+def sandbox(api: str, port: int, *args: str):
+    """`python -m sandbox <api>` in the background, until the block ends."""
+    log = open(DEMO / f"sandbox-{api}.log", "w")  # noqa: SIM115 -- closed below
+    proc = subprocess.Popen([sys.executable, "-m", "sandbox", api, "--port", str(port), *args],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            with contextlib.suppress(requests.ConnectionError):
+                requests.get(f"{url}/_sandbox/state", timeout=2)
+                break
+            if proc.poll() is not None:
+                raise SystemExit(f"the {api} sandbox did not start: see {log.name}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
+
+def airflow(env: dict[str, str], *args: str, log: Path | None = None) -> int:
+    out = open(log, "w") if log else None  # noqa: SIM115 -- closed below
+    try:
+        return subprocess.run(["airflow", *args], env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT).returncode
+    finally:
+        if out:
+            out.close()
+
+
+def dag_ids() -> list[str]:
+    """Each DAG file's dag_id, read from the file name (one DAG per file, named after it)."""
+    return sorted(p.stem for p in (ROOT / "dags").glob("*.py") if not p.name.startswith("_"))
+
+
+def latest_report(db_url: str, dag_id: str) -> dict | None:
+    """The newest sync_runs row of a DAG, whichever schema the DAG writes to."""
+    import psycopg
+
+    with psycopg.connect(db_url.replace("postgres://", "postgresql://")) as conn:
+        schemas = [r[0] for r in conn.execute("SELECT schemaname FROM pg_tables WHERE tablename = 'sync_runs'")]
+        rows = [conn.execute(f'SELECT finished_at, report FROM "{s}".sync_runs WHERE dag_id = %s '
+                             "ORDER BY finished_at DESC LIMIT 1", (dag_id,)).fetchone() for s in schemas]
+    rows = [r for r in rows if r]
+    return max(rows)[1] if rows else None
+
+
+def run_all(env: dict[str, str], db_url: str) -> int:
+    from usersync.report import format_report
+
+    failures = 0
+    for dag_id in dag_ids():
+        log = DEMO / "logs" / f"{dag_id}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        print(f"== {dag_id}: running (log: {log.relative_to(ROOT)})", flush=True)
+        started = datetime.now(UTC).isoformat()
+        code = airflow(env, "dags", "test", dag_id, log=log)
+        report = latest_report(db_url, dag_id)
+        if code != 0 or report is None or report["finished_at"] < started:
+            failures += 1
+            print(f"!! {dag_id} failed (exit {code}): see {log}\n")
+            continue
+        print(format_report(report) + "\n", flush=True)
+    return failures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", nargs="?", choices=["run", "ui"], default="run")
+    parser.add_argument("--db-url", help="target Postgres for every sync (default: an embedded one in .demo/pg)")
+    parser.add_argument("--students", type=int, default=40335, help="42 sandbox size (default 40,335)")
+    parser.add_argument("--rate", type=int, default=20,
+                        help="42 sandbox requests per second (the real API allows 2; default 20 for a quick demo)")
+    args = parser.parse_args()
+    DEMO.mkdir(exist_ok=True)
+    sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
+    from tools.embedded_pg import free_port
+
+    with (
+        postgres(args.db_url) as db_url,
+        sandbox("intra42", free_port(), "--students", str(args.students), "--per-second", str(args.rate),
+                "--client-id", SANDBOX_CLIENT_ID, "--client-secret", SANDBOX_SECRET) as intra42_url,
+    ):
+        env = airflow_env(db_url, intra42_url, args.rate)
+        print(f"== Postgres {db_url}\n== 42 sandbox {intra42_url} ({args.students:,} students, {args.rate} req/s)")
+        print("== preparing the Airflow metadata DB (.demo/airflow)", flush=True)
+        if airflow(env, "db", "migrate", log=DEMO / "logs-db-migrate.log") != 0:
+            raise SystemExit(f"airflow db migrate failed: see {DEMO / 'logs-db-migrate.log'}")
+        if args.what == "ui":
+            print("== airflow standalone: open http://localhost:8080 (login and password are printed below)")
+            return airflow(env, "standalone")
+        failures = run_all(env, db_url)
+        print("To browse these runs in the Airflow UI: scripts/demo ui")
+        return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
