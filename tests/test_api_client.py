@@ -1,0 +1,113 @@
+"""The HTTP layer and the resumable fetch, over real HTTP against the 42 sandbox."""
+
+from __future__ import annotations
+
+import pytest
+from usersync import intra42, staging
+from usersync.api import ApiError, parse_rate_limit
+
+STUDENTS_ONLY = {"filter[kind]": "student", "filter[alumni?]": "false"}
+
+
+@pytest.fixture
+def api(intra42_sandbox):
+    intra42_sandbox.control("reset")
+    return intra42.client("intra42_api")
+
+
+def test_parse_rate_limit():
+    assert parse_rate_limit("2/s, 1200/h") == [(2, 1.0), (1200, 3600.0)]
+    assert parse_rate_limit("100/5m") == [(100, 300.0)]
+    assert parse_rate_limit(None) == []
+    with pytest.raises(ValueError, match="bad rate_limit"):
+        parse_rate_limit("fast")
+
+
+def test_one_token_serves_every_page_and_is_renewed_when_it_expires(api, intra42_sandbox):
+    pages = intra42.users_paginator(api, 21, STUDENTS_ONLY, per_page=100)
+    state = {"after_id": 0}
+    for _ in range(3):
+        state = pages(state).next
+    assert intra42_sandbox.state()["stats"]["tokens_issued"] == 1
+
+    intra42_sandbox.control("expire_tokens")
+    page = pages(state)
+
+    assert len(page.records) == 100
+    assert intra42_sandbox.state()["stats"]["tokens_issued"] == 2
+    assert api.stats.token_renewals == 2
+
+
+def test_retry_after_is_obeyed(api, intra42_sandbox):
+    intra42_sandbox.control("faults", {"burst_429": 2, "burst_retry_after": 0.3})
+    body, _ = api.fetch_json("GET", "/v2/cursus/21/users", params={**STUDENTS_ONLY, "per_page": 5})
+    assert len(body) == 5
+    assert api.stats.throttled == 2
+    assert intra42_sandbox.state()["stats"]["throttled"] == 2
+
+
+def test_the_client_stays_under_the_declared_limit(intra42_sandbox, monkeypatch):
+    """A client limited to what the server allows is never refused, even when it asks as fast as it can."""
+    from conftest import intra42_conn
+
+    intra42_sandbox.control("reset")
+    monkeypatch.setenv("AIRFLOW_CONN_INTRA42_API", intra42_conn(intra42_sandbox.url, rate_limit="40/s"))
+    api = intra42.client("intra42_api")
+    for _ in range(60):
+        api.fetch_json("GET", "/v2/cursus/21/users", params={"per_page": 1})
+    assert api.stats.throttled == 0
+    assert intra42_sandbox.state()["stats"]["throttled"] == 0
+
+
+def test_bad_credentials_fail_clearly(intra42_sandbox, monkeypatch):
+    import json
+
+    from conftest import intra42_conn
+
+    conn = json.loads(intra42_conn(intra42_sandbox.url, rate_limit="40/s"))
+    conn["password"] = "wrong"
+    monkeypatch.setenv("AIRFLOW_CONN_INTRA42_API", json.dumps(conn))
+    with pytest.raises(ApiError, match="401"):
+        intra42.client("intra42_api").fetch_json("GET", "/v2/cursus/21/users")
+
+
+def test_5xx_and_truncated_bodies_are_retried_then_given_up(api, intra42_sandbox):
+    intra42_sandbox.control("faults", {"truncate_rate": 1.0})
+    with pytest.raises(ApiError, match="unreadable JSON.*gave up after 6 retries"):
+        api.fetch_json("GET", "/v2/cursus/21/users")
+    intra42_sandbox.control("faults", {"error_rate": 1.0})
+    with pytest.raises(ApiError, match="HTTP 5\\d\\d.*gave up after 6 retries"):
+        api.fetch_json("GET", "/v2/cursus/21/users")
+
+
+def test_a_retried_fetch_resumes_after_the_pages_it_staged(api, intra42_sandbox, tmp_path):
+    pages = intra42.users_paginator(api, 21, STUDENTS_ONLY, per_page=100)
+    asked = []
+
+    def crash_on_page_4(state):
+        asked.append(state["after_id"])
+        if len(asked) == 4:
+            raise RuntimeError("worker lost")
+        return pages(state)
+
+    prefix = staging.ObjectStoragePath(f"file://{tmp_path}/run")
+    with pytest.raises(RuntimeError):
+        staging.fetch_to_staging(prefix, crash_on_page_4, {"after_id": 0}, api)
+    assert len(staging.staged_pages(prefix)) == 3
+
+    resumed = []
+    retry_api = intra42.client("intra42_api")  # a retry is a new process: a new client
+    retry_pages = intra42.users_paginator(retry_api, 21, STUDENTS_ONLY, per_page=100)
+    manifest = staging.fetch_to_staging(prefix, lambda s: resumed.append(s["after_id"]) or retry_pages(s),
+                                        {"after_id": 0}, retry_api)
+
+    assert resumed[0] == asked[3]  # picks up at the page that failed, not at the start
+    expected = len(intra42_sandbox.data.students())
+    assert manifest["records"] == expected
+    assert manifest["pages"] == -(-expected // 100)
+    lines = sum(p.read_text().count("\n") for p in staging.staged_pages(prefix))
+    assert lines == expected
+    assert manifest["api_calls"] >= manifest["pages"]  # counts the first try's calls too
+
+    again = staging.fetch_to_staging(prefix, pages, {"after_id": 0}, api)  # a retry after success
+    assert again == manifest
