@@ -86,7 +86,7 @@ def intra42_users():
         last = db.query("last_watermark", {"dag_id": dag_run.dag_id})
         return choose_window(
             full_refresh=params["full_refresh"], interval_only=params["interval_only"],
-            run_type=str(dag_run.run_type), interval_start=data_interval_start,
+            run_type=dag_run.run_type, interval_start=data_interval_start,
             interval_end=data_interval_end, watermark=last and last["watermark"],
         )
 

@@ -28,6 +28,7 @@ def choose_window(
     now: datetime | None = None,
 ) -> dict[str, Any]:
     now = now or datetime.now(UTC)
+    run_type = getattr(run_type, "value", run_type)  # the task SDK gives an enum
     if full_refresh:
         return {"mode": "full", "why": "full_refresh param"}
     if run_type == "backfill" or interval_only:
