@@ -161,9 +161,10 @@ class Faults:
     latency: float = 0.0  # seconds added to every API response
     truncate_rate: float = 0.0  # fraction of 200 responses whose body is cut in the middle
     duplicate_rate: float = 0.0  # fraction of list pages that repeat 1-3 records of the previous page
+    corrupt_rate: float = 0.0  # fraction of listed records sent with a field of the wrong type or missing
     seed: int = 0  # seed of the fault RNG
 
-    _RATES = ("error_rate", "truncate_rate", "duplicate_rate")
+    _RATES = ("error_rate", "truncate_rate", "duplicate_rate", "corrupt_rate")
 
     def update(self, values: dict[str, object]) -> None:
         """Set fields from a JSON-like dict, validating names, types and ranges (ValueError)."""
@@ -202,6 +203,8 @@ class FaultRoll:
     error_status: int | None = None
     truncate_at: float | None = None  # fraction of the body to keep
     duplicates: int = 0  # records of the previous page to repeat (list endpoints only)
+    corrupt: random.Random | None = None  # draws which listed records to corrupt (None: none)
+    corrupt_rate: float = 0.0
 
 
 class Stats:
@@ -215,6 +218,7 @@ class Stats:
         "errors_injected",
         "truncated",
         "duplicated",
+        "corrupted",
         "tokens_issued",
         "unauthorized",
     )
@@ -290,6 +294,8 @@ class Sandbox:
                 error_status=(500, 502, 503)[int(status * 3)] if error < f.error_rate else None,
                 truncate_at=0.2 + 0.6 * where if cut < f.truncate_rate else None,
                 duplicates=1 + int(count * 3) if dup < f.duplicate_rate else 0,
+                corrupt=random.Random(f"{f.seed}:{n}:corrupt") if f.corrupt_rate else None,
+                corrupt_rate=f.corrupt_rate,
             )
 
     def gate(self, key: Hashable, roll: FaultRoll) -> tuple[Response | None, dict[float, int]]:
@@ -472,6 +478,7 @@ def add_fault_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--duplicate-rate", type=float, default=0.0, help="fraction of pages repeating records"
     )
+    group.add_argument("--corrupt-rate", type=float, default=0.0, help="fraction of listed records malformed")
     group.add_argument("--fault-seed", type=int, default=0, help="seed of the fault RNG")
 
 
@@ -485,6 +492,7 @@ def faults_from_args(args: argparse.Namespace) -> Faults:
             "burst_retry_after": args.burst_retry_after,
             "truncate_rate": args.truncate_rate,
             "duplicate_rate": args.duplicate_rate,
+            "corrupt_rate": args.corrupt_rate,
             "seed": args.fault_seed,
         }
     )

@@ -530,6 +530,15 @@ class Intra42Data:
 # ---------------------------------------------------------------------------------------------- app
 
 
+# The ways the corrupt fault breaks a record: a wrong type or a missing required field.
+_CORRUPTIONS = (("wallet", "n/a"), ("updated_at", "yesterday"), ("login", None), ("correction_point", 1.5))
+
+
+def _corrupted(record: dict, rnd: random.Random) -> dict:
+    field, value = rnd.choice(_CORRUPTIONS)
+    return {**record, field: value}
+
+
 def _page_params(params: Mapping[str, str]) -> tuple[int, int]:
     """page/per_page or page[number]/page[size] (the bracket form wins); bad values fall back to defaults."""
 
@@ -744,6 +753,10 @@ def create_app(
         )
         if repeated:
             sandbox.stats.add("duplicated")
+        if roll.corrupt:
+            hits = [roll.corrupt.random() < roll.corrupt_rate for _ in records]
+            records = [_corrupted(r, roll.corrupt) if hit else r for r, hit in zip(records, hits, strict=True)]
+            sandbox.stats.add("corrupted", sum(hits))
         headers = {"X-Page": str(page), "X-Per-Page": str(per_page), "X-Total": str(total)}
         link = _link_header(request, page, math.ceil(total / per_page))
         if link:

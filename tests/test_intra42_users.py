@@ -196,3 +196,21 @@ def test_every_run_is_recorded_with_its_mode(intra42, sql):
     assert os.environ["USERSYNC_STAGING_URL"].startswith("file://")
     modes = [r[0] for r in sql("SELECT mode FROM intra42.sync_runs ORDER BY id")]
     assert modes == ["full"]
+
+
+def test_malformed_students_are_quarantined_with_their_reason_while_the_rest_load(intra42, sql):
+    intra42.control("faults", {"corrupt_rate": 0.02, "seed": 5})
+    sync()
+
+    corrupted = intra42.state()["stats"]["corrupted"]
+    assert corrupted > 0
+    report = last_report(sql)
+    assert report["quarantined"] == corrupted
+    quarantined = sql("SELECT (record->>'id')::bigint, reason FROM intra42.quarantine")
+    assert len(quarantined) == corrupted
+    assert {reason.split(":")[0] for _, reason in quarantined} <= {"wallet", "updated_at", "login",
+                                                                   "correction_point"}
+    expected = expected_table(intra42)
+    for student_id, _ in quarantined:
+        del expected[student_id]
+    assert actual_table(sql) == expected
