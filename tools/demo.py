@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -137,6 +138,7 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=20,
                         help="42 sandbox requests per second (the real API allows 2; default 20 for a quick demo)")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the services below are stopped on kill too
     DEMO.mkdir(exist_ok=True)
     sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
     from tools.embedded_pg import free_port
