@@ -63,6 +63,7 @@ def intra42_users():
         method="POST",
         endpoint="oauth/token",  # answers only when the API is up and the client credentials are valid
         request_params={"grant_type": "client_credentials"},
+        response_error_codes_allowlist=["404", "429", "500", "502", "503", "504"],  # down for now: poke again
         poke_interval=30,
         timeout=600,
         exponential_backoff=True,
