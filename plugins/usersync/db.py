@@ -17,8 +17,13 @@ SQL_DIR = Path(os.environ.get("USERSYNC_SQL_DIR", Path(__file__).resolve().paren
 
 
 def hook_params(schema: str) -> dict[str, Any]:
-    """Sessions see only the sync's schema, so SQL files name tables without a schema."""
-    return {"options": f"-c search_path={schema}"}
+    """Session settings of every connection a sync opens.
+
+    search_path: sessions see only the sync's schema, so SQL files name tables without a schema.
+    jit off: compiling these one-shot statements costs more than it saves (up to 0.5 s a statement).
+    work_mem: room for the de-duplicating sort of a whole batch without spilling to disk.
+    """
+    return {"options": f"-c search_path={schema} -c jit=off -c work_mem=64MB"}
 
 
 class TargetDb:
