@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,9 +54,12 @@ def postgres(db_url: str | None):
     if db_url:
         yield db_url
         return
-    from tools.embedded_pg import EmbeddedPostgres, free_port
+    from tools.embedded_pg import EmbeddedPostgres, free_port, reachable_by_owner
 
-    pg = EmbeddedPostgres(DEMO / "pg", free_port())
+    home = DEMO
+    if not reachable_by_owner(ROOT.parent):  # the server's user cannot reach .demo/: keep the data in /tmp
+        home = Path(tempfile.gettempdir()) / f"usersync-demo-{hashlib.sha1(bytes(ROOT)).hexdigest()[:8]}"
+    pg = EmbeddedPostgres(home / "pg", free_port())
     pg.stop()  # a previous demo interrupted hard may have left it running
     pg.start()
     try:

@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,13 @@ def free_port() -> int:
 
 def _as_owner(cmd: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+def reachable_by_owner(path: Path) -> bool:
+    """Can the server's user reach `path`? (As root the server runs as `postgres`, who may not.)"""
+    if os.geteuid() != 0:
+        return True
+    return subprocess.run(["runuser", "-u", "postgres", "--", "test", "-x", str(path)], check=False).returncode == 0
 
 
 @dataclass
@@ -83,12 +91,21 @@ class EmbeddedPostgres:
 
 @contextlib.contextmanager
 def running(data_dir: Path, fast: bool = True):
-    """Start a fresh cluster in data_dir on a free port; stop it on exit."""
+    """Start a fresh cluster in data_dir (or, when the server's user cannot reach the project, in a
+    temporary folder) on a free port; stop it on exit."""
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    fallback = None
+    if not reachable_by_owner(data_dir.parent.parent):
+        fallback = Path(tempfile.mkdtemp(prefix="usersync-pg-"))
+        os.chmod(fallback, 0o755)
+        data_dir = fallback / data_dir.name
     pg = EmbeddedPostgres(data_dir, free_port()).start(fast=fast)
     try:
         yield pg
     finally:
         pg.stop()
+        if fallback:
+            shutil.rmtree(fallback, ignore_errors=True)
 
 
 if __name__ == "__main__":
