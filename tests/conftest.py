@@ -16,19 +16,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="usersync-airflow-"))
-os.environ.update({
-    "AIRFLOW_HOME": str(AIRFLOW_HOME),
-    "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-    "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{AIRFLOW_HOME}/airflow.db",
-    "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-    "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-    "USERSYNC_STAGING_URL": f"file://{AIRFLOW_HOME}/staging",
-})
-for path in (ROOT, ROOT / "plugins"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
+from tools.airflow_env import airflow_env  # noqa: E402  (imports no Airflow)
+
+os.environ.update(airflow_env(AIRFLOW_HOME, AIRFLOW_HOME / "staging"))
 
 from tools.embedded_pg import running  # noqa: E402
 

@@ -23,21 +23,19 @@ from pathlib import Path
 
 import requests
 
+from tools.airflow_env import airflow_env
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / ".demo"
 SANDBOX_CLIENT_ID, SANDBOX_SECRET = "usersync-sandbox-uid", "usersync-sandbox-secret"
 
 
-def airflow_env(db_url: str, intra42_url: str, rate_per_second: int) -> dict[str, str]:
+def demo_env(db_url: str, intra42_url: str, rate_per_second: int) -> dict[str, str]:
     home = DEMO / "airflow"
     home.mkdir(parents=True, exist_ok=True)
     return {
         **os.environ,
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "USERSYNC_STAGING_URL": f"file://{DEMO / 'staging'}",
+        **airflow_env(home, DEMO / "staging"),
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")]),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "AIRFLOW_CONN_INTRA42_DB": db_url,
@@ -153,7 +151,7 @@ def main() -> int:
         sandbox("intra42", free_port(), "--students", str(args.students), "--per-second", str(args.rate),
                 "--client-id", SANDBOX_CLIENT_ID, "--client-secret", SANDBOX_SECRET) as intra42_url,
     ):
-        env = airflow_env(db_url, intra42_url, args.rate)
+        env = demo_env(db_url, intra42_url, args.rate)
         print(f"== Postgres {db_url}\n== 42 sandbox {intra42_url} ({args.students:,} students, {args.rate} req/s)")
         print("== preparing the Airflow metadata DB (.demo/airflow)", flush=True)
         if airflow(env, "db", "migrate", log=DEMO / "logs-db-migrate.log") != 0:

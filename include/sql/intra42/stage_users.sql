@@ -1,7 +1,20 @@
 -- users_raw -> users_delta: valid records, typed, the last one per id winning;
 -- every other record goes to quarantine with the reason it was refused.
+-- The reason is computed once per record (OFFSET 0 keeps the subquery from being flattened into the uses of
+-- `reason`); `checked` keeps only the typed columns, and the raw record only for refused ones, so its
+-- tuplestore is a fraction of users_raw.
 WITH checked AS (
-    SELECT seq, record,
+    SELECT seq, reason,
+        CASE WHEN reason IS NOT NULL THEN record END AS record,
+        CASE WHEN reason IS NULL THEN (record->>'id')::bigint END AS id,
+        record->>'login' AS login, record->>'email' AS email, record->>'first_name' AS first_name,
+        record->>'last_name' AS last_name, record->>'pool_month' AS pool_month,
+        record->>'pool_year' AS pool_year, record->>'location' AS location,
+        CASE WHEN reason IS NULL THEN (record->>'wallet')::integer END AS wallet,
+        CASE WHEN reason IS NULL THEN (record->>'correction_point')::integer END AS correction_point,
+        CASE WHEN reason IS NULL THEN (record->>'updated_at')::timestamptz END AS updated_at
+    FROM (
+        SELECT seq, record,
         CASE
             WHEN jsonb_typeof(record) <> 'object' THEN 'not a JSON object'
             WHEN jsonb_typeof(record->'id') IS DISTINCT FROM 'number' OR record->>'id' !~ '^[0-9]{1,18}$'
@@ -30,7 +43,9 @@ WITH checked AS (
                 OR record->>'updated_at' !~ '^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}(:?\d{2})?)$'
                 THEN 'updated_at: missing or not an ISO 8601 timestamp'
         END AS reason
-    FROM users_raw
+        FROM users_raw
+        OFFSET 0
+    ) AS validated
 ),
 quarantined AS (
     INSERT INTO quarantine (run_id, entity, reason, record)
@@ -40,14 +55,12 @@ quarantined AS (
 staged AS (
     INSERT INTO users_delta (id, login, email, first_name, last_name, pool_month, pool_year, location,
                              wallet, correction_point, updated_at)
-    SELECT DISTINCT ON ((record->>'id')::bigint)
-        (record->>'id')::bigint, record->>'login', record->>'email', record->>'first_name',
-        record->>'last_name', record->>'pool_month', record->>'pool_year', record->>'location',
-        (record->>'wallet')::integer, (record->>'correction_point')::integer,
-        (record->>'updated_at')::timestamptz
+    SELECT DISTINCT ON (id)
+        id, login, email, first_name, last_name, pool_month, pool_year, location,
+        wallet, correction_point, updated_at
     FROM checked
     WHERE reason IS NULL
-    ORDER BY (record->>'id')::bigint, seq DESC
+    ORDER BY id, seq DESC
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM checked) AS received,
