@@ -73,6 +73,8 @@ def test_first_run_loads_every_student_and_a_rerun_writes_nothing(intra42, sql):
     assert (again["inserted"], again["updated"], again["marked_deleted"]) == (0, 0, 0)
     assert again["fetched"] < len(expected)  # only the watermark's overlap is read again
     assert versions(sql) == before
+    staged_runs = [p.name for p in (Path(AIRFLOW_HOME) / "staging" / DAG_ID).iterdir()]
+    assert len(staged_runs) == 1  # only the latest run's staging files are kept
 
 
 def test_k_changed_students_are_exactly_k_updates(intra42, sql):

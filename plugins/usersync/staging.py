@@ -44,9 +44,12 @@ def staging_root() -> ObjectStoragePath:
     return ObjectStoragePath(os.environ.get("USERSYNC_STAGING_URL", default))
 
 
+def run_dir(dag_id: str, run_id: str) -> ObjectStoragePath:
+    return staging_root() / dag_id / re.sub(r"[^A-Za-z0-9._-]", "_", run_id)
+
+
 def run_prefix(dag_id: str, run_id: str, stream: str) -> ObjectStoragePath:
-    safe_run_id = re.sub(r"[^A-Za-z0-9._-]", "_", run_id)
-    return staging_root() / dag_id / safe_run_id / stream
+    return run_dir(dag_id, run_id) / stream
 
 
 def _read_json(path: ObjectStoragePath) -> dict[str, Any] | None:
@@ -86,7 +89,7 @@ def fetch_to_staging(
         log.info("staged page %d (%d records, %d so far)", number, len(page.records), progress["records"])
         state = page.next
 
-    api = _sum(earlier_api, client.stats.as_dict())
+    api = progress["api"]  # as of the last page, this try's calls included
     manifest = {
         "prefix": str(prefix),
         "fetch_epoch": int(progress["started_epoch"]),
@@ -119,10 +122,9 @@ def iter_staged_bytes(prefix: ObjectStoragePath, chunk_size: int = 1 << 20) -> I
 
 def remove_other_runs(dag_id: str, keep_run_id: str) -> None:
     """Keep only this run's staging for the DAG: older runs' pages are already loaded (or abandoned)."""
-    keep = run_prefix(dag_id, keep_run_id, "x").parent.name
-    base = staging_root() / dag_id
-    if not base.exists():
+    keep = run_dir(dag_id, keep_run_id)
+    if not keep.parent.exists():
         return
-    for run_dir in base.iterdir():
-        if run_dir.name != keep:
-            run_dir.rmdir(recursive=True)
+    for other in keep.parent.iterdir():
+        if other.name != keep.name:
+            other.rmdir(recursive=True)
