@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from usersync import intra42, staging
-from usersync.api import ApiError, parse_rate_limit
+from usersync.api import ApiError, RateLimiter, parse_rate_limit
 
 STUDENTS_ONLY = {"filter[kind]": "student", "filter[alumni?]": "false"}
 
@@ -21,6 +21,30 @@ def test_parse_rate_limit():
     assert parse_rate_limit(None) == []
     with pytest.raises(ValueError, match="bad rate_limit"):
         parse_rate_limit("fast")
+
+
+def test_limiter_never_lets_more_than_count_calls_start_within_a_period():
+    import threading
+    import time
+
+    limiter, starts = RateLimiter([(5, 0.3)]), []
+
+    def caller():
+        for _ in range(6):
+            slot = limiter.acquire()
+            starts.append(time.monotonic())
+            time.sleep(0.02)  # the call's latency
+            limiter.release(slot)
+
+    threads = [threading.Thread(target=caller) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len(starts) == 24
+    busiest = max(sum(1 for t in starts if first <= t < first + 0.3) for first in starts)
+    assert busiest == 5
 
 
 def test_one_token_serves_every_page_and_is_renewed_when_it_expires(api, intra42_sandbox):

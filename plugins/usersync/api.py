@@ -12,11 +12,11 @@ Everything else in extras is left to HttpHook, which turns it into request heade
 from __future__ import annotations
 
 import logging
+import math
 import random
 import re
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -53,33 +53,41 @@ def parse_rate_limit(spec: str | None) -> list[tuple[int, float]]:
 class RateLimiter:
     """Sliding-window limiter shared by every thread of one client.
 
-    A request may start only when, in each window, fewer than `count` requests started in the last
-    `period` seconds. `pause()` holds everyone back after the server said 429 + Retry-After.
+    A call holds a place in each window from when it starts until `period` after its answer arrived:
+    the server counted it somewhere in between, so however long calls take, the next one cannot land in
+    a window the server considers full. `pause()` holds everyone back after a 429 + Retry-After.
     """
 
-    SAFETY = 0.02  # seconds; keeps us under the server's window despite clock jitter
+    MARGIN = 0.005  # seconds, for timer granularity
+    POLL = 0.01  # seconds between looks while every place is taken by a call still in flight
 
     def __init__(self, limits: list[tuple[int, float]]):
         self.limits = limits
-        self.history = [deque() for _ in limits]
+        self.windows: list[list[list[float]]] = [[] for _ in limits]  # per window: [answered_at] of each call
         self.paused_until = 0.0
         self.lock = threading.Lock()
 
-    def acquire(self) -> None:
+    def acquire(self) -> list[float]:
+        """Wait for a place in every window; returns the call's slot, to hand to release()."""
         while True:
             with self.lock:
                 now = time.monotonic()
                 wait = self.paused_until - now
-                for (count, period), started in zip(self.limits, self.history, strict=True):
-                    while started and started[0] <= now - period - self.SAFETY:
-                        started.popleft()
-                    if len(started) >= count:
-                        wait = max(wait, started[0] + period + self.SAFETY - now)
+                for (count, period), slots in zip(self.limits, self.windows, strict=True):
+                    slots[:] = [slot for slot in slots if slot[0] + period + self.MARGIN > now]
+                    if len(slots) >= count:  # in-flight calls (answered_at = inf) free nothing yet
+                        wait = max(wait, min(slot[0] for slot in slots) + period + self.MARGIN - now)
                 if wait <= 0:
-                    for started in self.history:
-                        started.append(now)
-                    return
-            time.sleep(wait)
+                    slot = [math.inf]
+                    for slots in self.windows:
+                        slots.append(slot)
+                    return slot
+            time.sleep(self.POLL if wait == math.inf else wait)
+
+    def release(self, slot: list[float]) -> None:
+        """The call's answer arrived (or it failed): its places free `period` from now."""
+        with self.lock:
+            slot[0] = time.monotonic()
 
     def pause(self, seconds: float) -> None:
         with self.lock:
@@ -200,13 +208,15 @@ class ApiClient:
             headers = dict(extra_headers)
             if authenticated and self.auth:
                 headers.update(self.auth.headers(self))
-            self.limiter.acquire()
+            slot = self.limiter.acquire()
             self.stats.add(calls=1)
             try:
                 response = self.session.request(method, url, headers=headers, timeout=self.timeout, **kwargs)
                 problem = None if response.status_code not in RETRYABLE_STATUS else f"HTTP {response.status_code}"
             except (requests.ConnectionError, requests.Timeout) as exc:
                 response, problem = None, f"{type(exc).__name__}: {exc}"
+            finally:
+                self.limiter.release(slot)
 
             if response is not None and response.status_code == 429:
                 throttled_waits += 1
