@@ -109,7 +109,10 @@ def running(data_dir: Path, fast: bool = True):
 
 
 if __name__ == "__main__":
+    import signal
     import sys
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server on kill too
 
     with running(Path(sys.argv[1] if len(sys.argv) > 1 else ".pgdata/manual")) as pg:
         print(pg.url, flush=True)
