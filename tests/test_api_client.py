@@ -135,3 +135,19 @@ def test_a_retried_fetch_resumes_after_the_pages_it_staged(api, intra42_sandbox,
 
     again = staging.fetch_to_staging(prefix, pages, {"after_id": 0}, api)  # a retry after success
     assert again == manifest
+
+
+def test_a_page_without_readable_ids_stops_the_walk_instead_of_looping(api, intra42_sandbox):
+    intra42_sandbox.control("faults", {"corrupt_rate": 1.0})  # harmless corruptions keep ids readable
+    pages = intra42.users_paginator(api, 21, STUDENTS_ONLY, per_page=10)
+    assert pages({"after_id": 0}).next["after_id"] > 0
+
+    class NoIds:
+        stats = api.stats
+
+        def fetch_json(self, method, path, **kwargs):
+            body, response = api.fetch_json(method, path, **kwargs)
+            return [{**r, "id": None} for r in body], response
+
+    with pytest.raises(ApiError, match="no readable id"):
+        intra42.users_paginator(NoIds(), 21, STUDENTS_ONLY, per_page=10)({"after_id": 0})

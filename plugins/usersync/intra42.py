@@ -31,8 +31,13 @@ def users_paginator(api: ApiClient, cursus_id: int, query: dict[str, Any], per_p
         if not isinstance(body, list):
             raise ApiError(f"GET {path} after id {state['after_id']}: expected a JSON array, "
                            f"got {type(body).__name__}")
-        more = bool(body) and "next" in response.links
-        return Page(records=body, next={"after_id": max(_id(r) for r in body)} if more else None)
+        if not (body and "next" in response.links):
+            return Page(records=body, next=None)
+        last_id = max(_id(r) for r in body)
+        if last_id <= state["after_id"]:  # a page of unreadable ids: going on would loop back to the start
+            raise ApiError(f"GET {path} after id {state['after_id']}: no readable id on the page, "
+                           "cannot continue the walk")
+        return Page(records=body, next={"after_id": last_id})
 
     return fetch
 
