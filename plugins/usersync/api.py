@@ -36,6 +36,10 @@ class ApiError(Exception):
     """The API answered in a way retries cannot fix (4xx, or 5xx after every retry)."""
 
 
+class AuthError(ApiError):
+    """The credentials were refused: every further call would fail the same way."""
+
+
 def parse_rate_limit(spec: str | None) -> list[tuple[int, float]]:
     """'2/s,1200/h' -> [(2, 1.0), (1200, 3600.0)]."""
     limits = []
@@ -146,10 +150,9 @@ class OAuth2ClientCredentials:
 
     def _fetch(self, client: ApiClient) -> None:
         path = client.extras.get("token_path") or self.default_token_path
-        body, _ = client.fetch_json(
-            "POST", path, authenticated=False,
-            data={"grant_type": "client_credentials", "client_id": client.login,
-                  "client_secret": client.password},
+        body, _ = client.obtain_token(
+            path, data={"grant_type": "client_credentials", "client_id": client.login,
+                        "client_secret": client.password},
         )
         self.token = body["access_token"]
         mask_secret(self.token)
@@ -229,7 +232,7 @@ class ApiClient:
                 continue
             if response is not None and response.status_code == 401 and authenticated and self.auth:
                 if renewed:
-                    raise ApiError(f"{method} {_path(url)}: 401 even with a fresh token: {_snippet(response)}")
+                    raise AuthError(f"{method} {_path(url)}: 401 even with a fresh token: {_snippet(response)}")
                 log.info("401 on %s %s: renewing the token", method, _path(url))
                 self.auth.renew(self)
                 renewed = True
@@ -252,6 +255,15 @@ class ApiClient:
                 return response.json(), response
             except ValueError as exc:
                 failures = self._back_off(failures, f"{method} {_path(response.url)}: unreadable JSON ({exc})")
+
+    def obtain_token(self, path: str, **kwargs: Any) -> tuple[Any, requests.Response]:
+        """An auth flow's unauthenticated token call; a refusal becomes AuthError."""
+        try:
+            return self.fetch_json("POST", path, authenticated=False, **kwargs)
+        except AuthError:
+            raise
+        except ApiError as exc:
+            raise AuthError(f"authentication failed: {exc}") from exc
 
     def _back_off(self, failures: int, problem: str) -> int:
         if failures >= self.max_retries:

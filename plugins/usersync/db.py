@@ -70,6 +70,14 @@ class TargetDb:
         row = cur.fetchone()
         return None if row is None else dict(zip([c.name for c in cur.description], row, strict=True))
 
+    def stream(self, name: str, params: dict[str, Any] | None = None, batch: int = 10_000) -> Iterator[tuple]:
+        """The rows of a named query, read through a server-side cursor: memory stays flat however many."""
+        with self.transaction() as cur:
+            with cur.connection.cursor(name=f"usersync_{name}") as rows:
+                rows.itersize = batch
+                rows.execute(self.sql(name), params)
+                yield from rows
+
     def query(self, name: str, params: dict[str, Any] | None = None) -> dict[str, Any] | None:
         with self.transaction() as cur:
             return self.run(cur, name, params)

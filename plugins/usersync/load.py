@@ -8,11 +8,14 @@ Per entity a sync provides, in include/sql/<sync>/:
   mark_deleted_<entity>.sql (full refresh only) marks rows the source no longer returns;
                             returns marked/active_before
   watermark_<entity>.sql    (incremental syncs) the newest source timestamp the table now holds
+  summary_<entity>.sql      (optional) figures about the table after the write, for the report (read in the
+                            same transaction, so a dry run shows what the table would hold)
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from airflow.sdk import ObjectStoragePath
@@ -32,13 +35,16 @@ class DeletionGuardError(Exception):
     """A full refresh would mark too many rows deleted: most likely a truncated API answer."""
 
 
-def stage(db: TargetDb, entity: str, prefix: ObjectStoragePath | str, run_id: str) -> dict[str, int]:
-    """COPY the staged records into <entity>_raw, then project them into <entity>_delta, in one transaction."""
+def stage(db: TargetDb, entity: str, prefixes: str | ObjectStoragePath | Sequence[str], run_id: str) -> dict[str, Any]:
+    """COPY the records staged under one or more prefixes into <entity>_raw, then project them into
+    <entity>_delta, in one transaction."""
+    if isinstance(prefixes, str | ObjectStoragePath):
+        prefixes = [prefixes]
     raw, delta = sql.Identifier(f"{entity}_raw"), sql.Identifier(f"{entity}_delta")
     with db.transaction() as cur:
         cur.execute(sql.SQL("TRUNCATE {}, {} RESTART IDENTITY").format(raw, delta))
         with cur.copy(sql.SQL(COPY_RAW).format(raw)) as copy:
-            for chunk in iter_staged_bytes(ObjectStoragePath(str(prefix))):
+            for chunk in iter_staged_bytes([ObjectStoragePath(str(p)) for p in prefixes]):
                 copy.write(chunk)
         counts = db.run(cur, f"stage_{entity}", {"run_id": run_id, "entity": entity})
     log.info("staged %s: %s", entity, counts)
@@ -71,6 +77,8 @@ def upsert(
             counts["marked_deleted"] = marked["marked"]
         if db.has_sql(f"watermark_{entity}"):
             counts["watermark"] = db.run(cur, f"watermark_{entity}")["watermark"]
+        if db.has_sql(f"summary_{entity}"):
+            counts.update(db.run(cur, f"summary_{entity}"))
         if dry_run:
             cur.connection.rollback()
             log.info("dry run: rolled back %s", counts)

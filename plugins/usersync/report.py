@@ -12,8 +12,9 @@ from usersync.db import TargetDb
 log = logging.getLogger(__name__)
 
 # The figures every report shows first, in this order; anything else a sync adds follows.
-HEADLINE = ("window", "fetched", "pages", "inserted", "updated", "unchanged", "marked_deleted", "quarantined",
-            "duplicates", "api_calls", "throttled", "retries", "duration_s")
+HEADLINE = ("window", "processed", "fetched", "pages", "inserted", "updated", "unchanged", "marked_deleted",
+            "not_found", "failed", "quarantined", "duplicates", "api_calls", "throttled", "retries", "duration_s")
+LISTED = 10  # a list in the logged table shows its first items; XCom and sync_runs keep all of them
 
 
 def build_report(*, dag_id: str, run_id: str, mode: str, dry_run: bool, started_at: datetime | None,
@@ -37,9 +38,25 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [title, "-" * len(title)]
     for key in keys:
         value = report[key]
-        shown = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
-        lines.append(f"{key.ljust(width)}  {shown}")
+        if isinstance(value, dict):
+            lines.append(f"{key.ljust(width)}  ({len(value)})")
+            lines += [f"{'':{width}}    {_shown(v):>8}  {k}" for k, v in value.items()]
+        elif isinstance(value, list):
+            lines.append(f"{key.ljust(width)}  ({len(value)})")
+            lines += [f"{'':{width}}    {_shown(item)}" for item in value[:LISTED]]
+            if len(value) > LISTED:
+                lines.append(f"{'':{width}}    ... and {len(value) - LISTED:,} more (all of them in sync_runs)")
+        else:
+            lines.append(f"{key.ljust(width)}  {_shown(value)}")
     return "\n".join(lines)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    if isinstance(value, dict):
+        return "  ".join(f"{k}: {v}" for k, v in value.items())
+    return str(value)
 
 
 def record_run(db: TargetDb, report: dict[str, Any]) -> None:

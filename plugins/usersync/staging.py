@@ -11,18 +11,20 @@ Files hold only what the API returned for records: never tokens or credentials.
 
 from __future__ import annotations
 
+import concurrent.futures
+import itertools
 import json
 import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from airflow.sdk import ObjectStoragePath
 
-from usersync.api import ApiClient
+from usersync.api import ApiClient, ApiError
 
 log = logging.getLogger(__name__)
 
@@ -79,29 +81,82 @@ def fetch_to_staging(
     while state is not None:
         page = paginate(state)
         number = progress["pages"] + 1
-        with (prefix / f"page-{number:06d}.ndjson").open("w", encoding="utf-8") as out:
-            for record in page.records:
-                out.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")))
-                out.write("\n")
+        write_ndjson(prefix / f"page-{number:06d}.ndjson", page.records)
         progress.update(pages=number, records=progress["records"] + len(page.records), next=page.next,
                         api=_sum(earlier_api, client.stats.as_dict()))
         _write_json(prefix / "_progress.json", progress)
         log.info("staged page %d (%d records, %d so far)", number, len(page.records), progress["records"])
         state = page.next
 
-    api = progress["api"]  # as of the last page, this try's calls included
+    # the API counts as of the last page, this try's calls included
+    return _finish(prefix, progress["started_epoch"], progress["pages"], progress["records"], progress["api"])
+
+
+def fan_out_to_staging(
+    prefix: ObjectStoragePath, items: Sequence[Any], work: Callable[[Any], Any], client: ApiClient,
+    num_workers: int, failed: Callable[[Any], bool] = lambda answer: False,
+) -> dict[str, Any]:
+    """Stage `work(item)` for every item, as one page, `num_workers` calls at a time; returns the manifest.
+
+    For per-record APIs (one call per user). The client's rate limiter keeps all workers together under the
+    API's limits. `work` reports an item's own failure in its answer (`failed` recognises it), and those
+    answers are staged with the rest; but when every item failed, the API is failing, not the items, so
+    nothing is staged and the task fails (to be retried). A retried task redoes the batch unless an earlier
+    try finished it.
+    """
+    manifest = _read_json(prefix / "_manifest.json")
+    if manifest:
+        log.info("already staged by an earlier try: %s records", manifest["records"])
+        return manifest
+    prefix.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="fan-out") as pool:
+        answers = list(pool.map(work, items))
+    if answers and all(map(failed, answers)):
+        raise ApiError(f"all {len(answers)} calls failed, e.g.: {answers[0]}")
+    write_ndjson(prefix / "page-000001.ndjson", answers)
+    log.info("staged %d answers from %d workers in %.1fs", len(answers), num_workers, time.time() - started)
+    return _finish(prefix, started, 1, len(answers), client.stats.as_dict())
+
+
+def _finish(prefix: ObjectStoragePath, started_epoch: float, pages: int, records: int,
+            api: dict[str, int]) -> dict[str, Any]:
+    """Write the fetch's manifest, the mark that everything is staged."""
     manifest = {
         "prefix": str(prefix),
-        "fetch_epoch": int(progress["started_epoch"]),
-        "pages": progress["pages"],
-        "records": progress["records"],
+        "fetch_epoch": int(started_epoch),
+        "pages": pages,
+        "records": records,
         "api_calls": api.get("api_calls", 0),
         "throttled": api.get("throttled", 0),
         "retries": api.get("retries", 0),
-        "duration_s": round(time.time() - progress["started_epoch"], 3),
+        "duration_s": round(time.time() - started_epoch, 3),
     }
     _write_json(prefix / "_manifest.json", manifest)
     return manifest
+
+
+def write_ndjson(path: ObjectStoragePath, records: Iterable[Any]) -> None:
+    with path.open("w", encoding="utf-8") as out:
+        for record in records:
+            out.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")))
+            out.write("\n")
+
+
+def read_ndjson(path: ObjectStoragePath | str) -> list[Any]:
+    with ObjectStoragePath(str(path)).open("r", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def split_to_staging(prefix: ObjectStoragePath, records: Iterable[Any], batch_size: int) -> list[str]:
+    """Stage records as pages of `batch_size`; returns the pages' paths (one per batch, for task mapping)."""
+    prefix.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for number, batch in enumerate(itertools.batched(records, batch_size), start=1):
+        path = prefix / f"page-{number:06d}.ndjson"
+        write_ndjson(path, batch)
+        paths.append(str(path))
+    return paths
 
 
 def _sum(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
@@ -112,12 +167,13 @@ def staged_pages(prefix: ObjectStoragePath) -> list[ObjectStoragePath]:
     return sorted(prefix.glob(PAGE_GLOB), key=lambda p: p.name)
 
 
-def iter_staged_bytes(prefix: ObjectStoragePath, chunk_size: int = 1 << 20) -> Iterator[bytes]:
-    """Every staged record line, page after page, in chunks: what COPY reads."""
-    for page in staged_pages(prefix):
-        with page.open("rb") as f:
-            while chunk := f.read(chunk_size):
-                yield chunk
+def iter_staged_bytes(prefixes: Sequence[ObjectStoragePath], chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    """Every staged record line, prefix after prefix, page after page, in chunks: what COPY reads."""
+    for prefix in prefixes:
+        for page in staged_pages(prefix):
+            with page.open("rb") as f:
+                while chunk := f.read(chunk_size):
+                    yield chunk
 
 
 def remove_other_runs(dag_id: str, keep_run_id: str) -> None:

@@ -1,0 +1,143 @@
+"""
+### portaildf_user_kind: classify every application user from the Cerema Portail DF directory
+
+Daily: wait for the API, check the application's `users` table, pick the users to check (all with an email,
+or only those without a kind), look them up in chunks of `batch_size` (one mapped task per chunk, retried
+alone; `num_workers` concurrent requests under the connection's rate limit), stage the answers as JSON,
+COPY them into `users_delta`, set `users.kind` where it differs in one transaction, and report.
+
+| exterieur | gestionnaire | kind |
+|---|---|---|
+| true | false | `prestataire` |
+| false | true | `gestionnaire` |
+| true | true | `prestataire, gestionnaire` |
+| false | false | `aucun` |
+
+Users the directory does not know, and lookups that keep failing, are reported and left as they are.
+
+Connections: `portaildf_api` (http: host, login/password, extra `api_version` "1" or "2", `rate_limit`,
+`timeout`) and `portaildf_db` (the application's Postgres; its `users` table lives in schema `portaildf`).
+"""
+
+from __future__ import annotations
+
+import functools
+from datetime import UTC, datetime, timedelta
+
+from airflow.providers.common.sql.operators.sql import SQLExecuteQueryOperator
+from airflow.providers.http.sensors.http import HttpSensor
+from airflow.sdk import CronTriggerTimetable, ObjectStoragePath, Param, dag, task
+from usersync import load, portaildf, report, staging
+from usersync.db import SQL_DIR, TargetDb, hook_params
+
+API_CONN, DB_CONN, SCHEMA = "portaildf_api", "portaildf_db", "portaildf"
+db = TargetDb(DB_CONN, SCHEMA, sync="portaildf")
+
+
+@dag(
+    dag_id="portaildf_user_kind",
+    description="Cerema Portail DF directory -> portaildf.users.kind",
+    schedule=CronTriggerTimetable("0 3 * * *", timezone="UTC"),
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=1,
+    default_args={
+        "owner": "usersync",
+        "retries": 3,
+        "retry_delay": timedelta(minutes=1),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(minutes=30),
+    },
+    tags=["usersync", "portaildf", "users"],
+    params={
+        "dry_run": Param(False, type="boolean", description="Look everyone up and report the kind changes "
+                         "(old kind -> new kind) without writing them."),
+        "limit": Param(None, type=["null", "integer"], minimum=1, description="Check at most this many users "
+                       "(in id order). Empty: all of them."),
+        "batch_size": Param(1000, type="integer", minimum=1, maximum=100_000, description="Users per lookup "
+                            "chunk: one mapped task each, retried on its own."),
+        "num_workers": Param(4, type="integer", minimum=1, maximum=64, description="Concurrent requests per "
+                             "chunk. The connection's rate_limit caps them all together."),
+        "only_missing": Param(False, type="boolean", description="Check only the users whose kind is empty."),
+    },
+    template_searchpath=[str(SQL_DIR)],
+    user_defined_macros={"schema": SCHEMA},
+    doc_md=__doc__,
+)
+def portaildf_user_kind():
+    api_available = HttpSensor(
+        task_id="api_available",
+        http_conn_id=API_CONN,
+        endpoint="api/utilisateurs",
+        extra_options={"check_response": False},
+        response_check=lambda response: response.status_code in (200, 401, 403),  # up, whatever it thinks of us
+        poke_interval=30,
+        timeout=600,
+        exponential_backoff=True,
+    )
+
+    prepare_tables = SQLExecuteQueryOperator(
+        task_id="create_tables",
+        conn_id=DB_CONN,
+        hook_params=hook_params(SCHEMA),
+        sql=[
+            "common/create_schema.sql", "common/create_sync_runs.sql", "common/create_sync_runs_index.sql",
+            "common/create_quarantine.sql", "common/create_quarantine_index.sql",
+            "portaildf/check_users_table.sql", "portaildf/create_users_raw.sql", "portaildf/create_users_delta.sql",
+        ],
+    )
+
+    @task
+    def select_users(params=None, dag_run=None) -> list[str]:
+        """Stage the users to check as chunks of batch_size; returns the chunks' files."""
+        rows = db.stream("select_users", {"only_missing": params["only_missing"], "limit": params["limit"]})
+        users = ({"id": user_id, "email": email} for user_id, email in rows)
+        prefix = staging.run_prefix(dag_run.dag_id, dag_run.run_id, "to_check")
+        return staging.split_to_staging(prefix, users, params["batch_size"])
+
+    @task(max_active_tis_per_dag=1)  # chunks share the API's rate limit: one at a time, each at full speed
+    def look_up_chunk(chunk: str, params=None, dag_run=None) -> dict:
+        api = portaildf.client(API_CONN)
+        users = staging.read_ndjson(chunk)
+        prefix = staging.run_prefix(dag_run.dag_id, dag_run.run_id, f"lookups/{ObjectStoragePath(chunk).stem}")
+        return staging.fan_out_to_staging(
+            prefix, users, functools.partial(portaildf.lookup_user, api), api, params["num_workers"],
+            failed=lambda answer: answer["outcome"] == "failed",
+        )
+
+    @task(trigger_rule="none_failed")  # also when there was no user to check
+    def stage_answers(looked_up: list[dict], dag_run=None) -> dict:
+        return load.stage(db, "users", [chunk["prefix"] for chunk in looked_up], dag_run.run_id)
+
+    @task
+    def update_kinds(staged: dict, params=None, dag_run=None) -> dict:
+        return load.upsert(db, "users", run_id=dag_run.run_id, dry_run=params["dry_run"])
+
+    @task(trigger_rule="none_failed")
+    def report_run(looked_up: list[dict], staged: dict, written: dict, params=None, dag_run=None) -> dict:
+        chunks = list(looked_up)
+        calls = sum(c["api_calls"] for c in chunks)
+        seconds = sum(c["duration_s"] for c in chunks)
+        run = report.build_report(
+            dag_id=dag_run.dag_id, run_id=dag_run.run_id, dry_run=params["dry_run"], started_at=dag_run.start_date,
+            mode="only_missing" if params["only_missing"] else "all",
+            processed=sum(c["records"] for c in chunks), chunks=len(chunks),
+            updated=written["updated"], unchanged=written["unchanged"], not_found=staged["not_found"],
+            failed=staged["failed"], quarantined=staged["quarantined"], kinds=written["kinds"],
+            transitions=written["transitions"], api_calls=calls,
+            requests_per_s=round(calls / seconds, 1) if seconds else 0.0,
+            throttled=sum(c["throttled"] for c in chunks), retries=sum(c["retries"] for c in chunks),
+            not_found_emails=staged["not_found_emails"], failures=staged["failures"],
+        )
+        staging.remove_other_runs(dag_run.dag_id, dag_run.run_id)
+        return report.publish(db, run)
+
+    chunks = select_users()
+    [api_available, prepare_tables] >> chunks
+    looked_up = look_up_chunk.expand(chunk=chunks)
+    staged = stage_answers(looked_up)
+    written = update_kinds(staged)
+    report_run(looked_up, staged, written)
+
+
+portaildf_user_kind()

@@ -1,0 +1,63 @@
+-- users_raw -> users_delta: one row per looked-up user, its kind mapped from the directory's two flags;
+-- an answer that cannot be read goes to quarantine with the reason (that user is left as it is).
+-- Also returns the not-found emails and the failures, which the report lists.
+WITH checked AS (
+    SELECT seq, record,
+        CASE
+            WHEN jsonb_typeof(record) <> 'object' THEN 'not a JSON object'
+            WHEN jsonb_typeof(record->'user_id') IS DISTINCT FROM 'string' THEN 'user_id: missing or not a string'
+            WHEN jsonb_typeof(record->'email') IS DISTINCT FROM 'string' THEN 'email: missing or not a string'
+            WHEN record->>'outcome' NOT IN ('found', 'not_found', 'failed') OR record->>'outcome' IS NULL
+                THEN 'outcome: not one of found, not_found, failed'
+            WHEN record->>'outcome' <> 'found' THEN NULL
+            WHEN jsonb_typeof(record->'record') IS DISTINCT FROM 'object' THEN 'record: missing or not an object'
+            WHEN jsonb_typeof(record->'record'->'exterieur') IS DISTINCT FROM 'boolean'
+                THEN 'exterieur: missing or not a boolean'
+            WHEN jsonb_typeof(record->'record'->'gestionnaire') IS DISTINCT FROM 'boolean'
+                THEN 'gestionnaire: missing or not a boolean'
+            WHEN jsonb_typeof(record->'record'->'id_user') = 'number' AND record->'record'->>'id_user' !~ '^[0-9]{1,18}$'
+                OR coalesce(jsonb_typeof(record->'record'->'id_user'), 'null') NOT IN ('number', 'null')
+                THEN 'id_user: not an integer'
+        END AS reason
+    FROM users_raw
+    OFFSET 0
+),
+quarantined AS (
+    INSERT INTO quarantine (run_id, entity, reason, record)
+    SELECT %(run_id)s, %(entity)s, reason, record FROM checked WHERE reason IS NOT NULL
+    RETURNING 1
+),
+staged AS (
+    INSERT INTO users_delta (user_id, email, outcome, id_user, exterieur, gestionnaire, kind, reason)
+    SELECT DISTINCT ON (user_id) user_id, email, outcome, id_user, exterieur, gestionnaire,
+        CASE
+            WHEN outcome <> 'found' THEN NULL
+            WHEN exterieur AND gestionnaire THEN 'prestataire, gestionnaire'
+            WHEN exterieur THEN 'prestataire'
+            WHEN gestionnaire THEN 'gestionnaire'
+            ELSE 'aucun'
+        END,
+        reason
+    FROM (
+        SELECT seq, record->>'user_id' AS user_id, record->>'email' AS email, record->>'outcome' AS outcome,
+            (record->'record'->>'id_user')::bigint AS id_user,
+            (record->'record'->>'exterieur')::boolean AS exterieur,
+            (record->'record'->>'gestionnaire')::boolean AS gestionnaire,
+            record->>'reason' AS reason
+        FROM checked
+        WHERE reason IS NULL
+    ) AS answers
+    ORDER BY user_id, seq DESC
+    RETURNING outcome, email, reason
+)
+SELECT (SELECT count(*) FROM checked) AS received,
+       (SELECT count(*) FROM staged) AS staged,
+       (SELECT count(*) FROM quarantined) AS quarantined,
+       (SELECT count(*) FROM checked WHERE reason IS NULL) - (SELECT count(*) FROM staged) AS duplicates,
+       (SELECT count(*) FROM staged WHERE outcome = 'found') AS found,
+       (SELECT count(*) FROM staged WHERE outcome = 'not_found') AS not_found,
+       (SELECT count(*) FROM staged WHERE outcome = 'failed') AS failed,
+       (SELECT coalesce(jsonb_agg(email ORDER BY email), '[]') FROM staged WHERE outcome = 'not_found')
+           AS not_found_emails,
+       (SELECT coalesce(jsonb_agg(jsonb_build_object('email', email, 'reason', reason) ORDER BY email), '[]')
+        FROM staged WHERE outcome = 'failed') AS failures

@@ -1,0 +1,88 @@
+"""The Cerema Portail DF API: username/password -> token; users looked up one email at a time.
+
+Connection extras: `api_version` "1" (portaildf.cerema.fr, DRF token: `Authorization: Token ...`) or "2"
+(datafoncier.cerema.fr, SimpleJWT: `Authorization: Bearer ...`), plus ApiClient's (rate_limit, timeout...).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from airflow.sdk.log import mask_secret
+
+from usersync.api import ApiClient, ApiError, AuthError
+
+log = logging.getLogger(__name__)
+
+USERS_PATH = "/api/utilisateurs"
+TOKEN_FLOWS = {  # api_version -> (token path, field of the answer holding the token, header scheme)
+    "1": ("/api/api-token-auth/", "token", "Token"),
+    "2": ("/api/token/", "access", "Bearer"),
+}
+
+
+class PasswordToken:
+    """Portail DF's token auth (both versions): the connection's login/password buy a token, renewed on 401."""
+
+    def __init__(self, api_version: str):
+        if api_version not in TOKEN_FLOWS:
+            raise ValueError(f"api_version must be one of {sorted(TOKEN_FLOWS)}, not {api_version!r}")
+        self.path, self.field, self.scheme = TOKEN_FLOWS[api_version]
+        self.token: str | None = None
+        self.lock = threading.Lock()
+
+    def headers(self, client: ApiClient) -> dict[str, str]:
+        with self.lock:
+            if self.token is None:
+                self._fetch(client)
+            return {"Authorization": f"{self.scheme} {self.token}"}
+
+    def renew(self, client: ApiClient) -> None:
+        with self.lock:
+            self._fetch(client)
+
+    def _fetch(self, client: ApiClient) -> None:
+        path = client.extras.get("token_path") or self.path
+        body, _ = client.obtain_token(path, json={"username": client.login, "password": client.password})
+        token = body.get(self.field) if isinstance(body, dict) else None
+        if not token:
+            raise AuthError(f"POST {path}: no {self.field!r} in the answer")
+        mask_secret(token)
+        self.token = token
+        client.stats.add(token_renewals=1)
+        log.info("obtained a Portail DF token (%s scheme)", self.scheme)
+
+
+def client(conn_id: str) -> ApiClient:
+    api = ApiClient(conn_id)
+    api.auth = PasswordToken(str(api.extras.get("api_version", "1")))
+    return api
+
+
+def lookup_user(api: ApiClient, user: dict[str, Any]) -> dict[str, Any]:
+    """Ask the directory about one application user; never raises for that user's own failure.
+
+    Returns {"user_id", "email", "outcome": found|not_found|failed, "record" (found), "reason" (failed)}.
+    The API's email matching is undocumented: only a result whose email equals the one asked, ignoring
+    case, counts, so a broader match (contains, another user) can never classify the wrong person.
+    """
+    email = user["email"].strip()
+    answer = {"user_id": user["id"], "email": email}
+    try:
+        body, _ = api.fetch_json("GET", USERS_PATH, params={"email": email})
+        results = body["results"]
+        if not isinstance(results, list):
+            raise TypeError("results is not a list")
+    except AuthError:
+        raise  # the credentials, not this user: the whole chunk fails and retries
+    except ApiError as exc:
+        return {**answer, "outcome": "failed", "reason": str(exc)}
+    except (TypeError, KeyError) as exc:
+        return {**answer, "outcome": "failed", "reason": f"unexpected answer shape: {exc!r}"}
+    wanted = email.casefold()
+    match = next((r for r in results if isinstance(r, dict) and str(r.get("email", "")).casefold() == wanted), None)
+    if match is None:
+        return {**answer, "outcome": "not_found"}
+    return {**answer, "outcome": "found", "record": match}
