@@ -97,7 +97,7 @@ def create_tables(url: str) -> None:
              "common/create_quarantine.sql", "common/create_quarantine_index.sql",
              "intra42/create_users.sql", "intra42/create_users_login_idx.sql",
              "intra42/create_users_email_idx.sql", "intra42/create_users_updated_at_idx.sql",
-             "intra42/create_users_raw.sql", "intra42/create_users_delta.sql"]
+             "intra42/create_users_delta.sql"]
     with psycopg.connect(url, autocommit=True) as conn:
         for name in files:
             text = (ROOT / "include" / "sql" / name).read_text().replace("{{ schema }}", "intra42")

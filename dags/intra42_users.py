@@ -17,6 +17,7 @@ from airflow.providers.common.sql.operators.sql import SQLExecuteQueryOperator
 from airflow.providers.http.sensors.http import HttpSensor
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 from usersync import intra42, load, report, staging
+from usersync.api import SENSOR_HEADERS
 from usersync.db import SQL_DIR, TargetDb, hook_params
 from usersync.window import choose_window
 
@@ -60,6 +61,7 @@ def intra42_users():
     api_available = HttpSensor(
         task_id="api_available",
         http_conn_id=API_CONN,
+        headers=SENSOR_HEADERS,
         method="POST",
         endpoint="oauth/token",  # answers only when the API is up and the client credentials are valid
         request_params={"grant_type": "client_credentials"},
@@ -78,7 +80,7 @@ def intra42_users():
             "common/create_quarantine.sql", "common/create_quarantine_index.sql",
             "intra42/create_users.sql", "intra42/create_users_login_idx.sql",
             "intra42/create_users_email_idx.sql", "intra42/create_users_updated_at_idx.sql",
-            "intra42/create_users_raw.sql", "intra42/create_users_delta.sql",
+            "intra42/create_users_delta.sql",
         ],
     )
 

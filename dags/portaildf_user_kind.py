@@ -28,6 +28,7 @@ from airflow.providers.common.sql.operators.sql import SQLExecuteQueryOperator
 from airflow.providers.http.sensors.http import HttpSensor
 from airflow.sdk import CronTriggerTimetable, ObjectStoragePath, Param, dag, task
 from usersync import load, portaildf, report, staging
+from usersync.api import SENSOR_HEADERS
 from usersync.db import SQL_DIR, TargetDb, hook_params
 
 API_CONN, DB_CONN, SCHEMA = "portaildf_api", "portaildf_db", "portaildf"
@@ -68,6 +69,7 @@ def portaildf_user_kind():
     api_available = HttpSensor(
         task_id="api_available",
         http_conn_id=API_CONN,
+        headers=SENSOR_HEADERS,
         endpoint="api/utilisateurs",
         extra_options={"check_response": False},
         response_check=lambda response: response.status_code in (200, 401, 403),  # up, whatever it thinks of us
@@ -83,7 +85,7 @@ def portaildf_user_kind():
         sql=[
             "common/create_schema.sql", "common/create_sync_runs.sql", "common/create_sync_runs_index.sql",
             "common/create_quarantine.sql", "common/create_quarantine_index.sql",
-            "portaildf/check_users_table.sql", "portaildf/create_users_raw.sql", "portaildf/create_users_delta.sql",
+            "portaildf/check_users_table.sql", "portaildf/create_users_delta.sql",
         ],
     )
 
@@ -96,8 +98,10 @@ def portaildf_user_kind():
         return staging.split_to_staging(prefix, users, params["batch_size"])
 
     @task(max_active_tis_per_dag=1)  # chunks share the API's rate limit: one at a time, each at full speed
-    def look_up_chunk(chunk: str, params=None, dag_run=None) -> dict:
+    def look_up_chunk(chunk: str, params=None, dag_run=None, ti=None) -> dict:
         api = portaildf.client(API_CONN)
+        if ti.map_index > 0:
+            api.limiter.assume_busy()  # the previous chunk may have used the last second's requests
         users = staging.read_ndjson(chunk)
         prefix = staging.run_prefix(dag_run.dag_id, dag_run.run_id, f"lookups/{ObjectStoragePath(chunk).stem}")
         return staging.fan_out_to_staging(

@@ -42,8 +42,83 @@ def _intra42(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(build=build)
 
 
+def _portaildf(sub: argparse._SubParsersAction) -> None:
+    from sandbox import portaildf
+
+    parser = sub.add_parser(
+        "portaildf", help="Cerema Portail DF API", description="Cerema Portail DF API sandbox (V1 and V2 auth)"
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8043, help="0 picks a free port")
+    parser.add_argument("--users", type=int, default=1234, help="rows of the application's users table")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated data")
+    parser.add_argument("--username", default=portaildf.DEFAULT_USERNAME)
+    parser.add_argument("--password", default=portaildf.DEFAULT_PASSWORD)
+    parser.add_argument("--per-second", type=int, default=10, help="rate limit per account")
+    parser.add_argument("--access-ttl", type=float, default=300, help="V2 access token lifetime, seconds")
+    parser.add_argument(
+        "--no-link-quirks", action="store_true", help="clean next/previous links (no http://, no stray %%23)"
+    )
+    add_fault_arguments(parser)
+
+    def build(args: argparse.Namespace):
+        return portaildf.create_app(
+            portaildf.PortailDFData(args.users, args.seed),
+            username=args.username,
+            password=args.password,
+            per_second=args.per_second,
+            access_ttl=args.access_ttl,
+            faults=faults_from_args(args),
+            link_quirks=not args.no_link_quirks,
+        )
+
+    parser.set_defaults(build=build)
+
+
+def _gazelle(sub: argparse._SubParsersAction) -> None:
+    from datetime import date
+
+    from sandbox import gazelle
+
+    parser = sub.add_parser(
+        "gazelle", help="Gazelle private GraphQL API", description="Gazelle private GraphQL API sandbox"
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8044, help="0 picks a free port")
+    parser.add_argument("--clients", type=int, default=850, help="clients generated")
+    parser.add_argument("--technicians", type=int, default=5, help="users (technicians) generated")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated data")
+    parser.add_argument("--anchor", help="YYYY-MM-DD the data is centred on (default: today, UTC)")
+    parser.add_argument("--client-id", default=gazelle.DEFAULT_CLIENT_ID)
+    parser.add_argument("--client-secret", default=gazelle.DEFAULT_CLIENT_SECRET)
+    parser.add_argument("--refresh-token", default=gazelle.DEFAULT_REFRESH_TOKEN, help="initially valid")
+    parser.add_argument("--api-key", default=gazelle.DEFAULT_API_KEY)
+    parser.add_argument("--per-second", type=int, default=10, help="rate limit per access token / API key")
+    parser.add_argument("--token-ttl", type=float, default=3600, help="access token lifetime, seconds")
+    add_fault_arguments(parser)
+    parser.add_argument(
+        "--graphql-errors", type=int, default=0, help="the next N GraphQL requests answer INTERNAL_SERVER_ERROR"
+    )
+
+    def build(args: argparse.Namespace):
+        anchor = date.fromisoformat(args.anchor) if args.anchor else None
+        faults = gazelle.GazelleFaults(**faults_from_args(args).as_dict(), graphql_errors=args.graphql_errors)
+        return gazelle.create_app(
+            gazelle.GazelleData(args.clients, args.technicians, args.seed, anchor),
+            client_id=args.client_id,
+            client_secret=args.client_secret,
+            refresh_token=args.refresh_token,
+            api_key=args.api_key,
+            per_second=args.per_second,
+            token_ttl=args.token_ttl,
+            faults=faults,
+        )
+
+    parser.set_defaults(build=build)
+
+
 # One entry per API; later APIs add theirs here.
-_APIS = [_intra42]
+_APIS = [_intra42, _portaildf, _gazelle]
 
 
 def main(argv: list[str] | None = None) -> int:

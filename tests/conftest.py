@@ -10,6 +10,7 @@ import os
 import shutil
 import sys
 import tempfile
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,10 @@ from tools.embedded_pg import running  # noqa: E402
 
 CLIENT_ID, CLIENT_SECRET = "test-client-id", "test-client-secret-s3cr3t"
 TEST_STUDENTS = 1234
+GAZELLE_CLIENT_ID, GAZELLE_CLIENT_SECRET = "test-gazelle-client", "test-gazelle-s3cr3t"
+GAZELLE_REFRESH_TOKEN = "test-gazelle-refresh-token-granted-by-a-user-0001"
+GAZELLE_ANCHOR = date(2026, 10, 15)  # the sandbox's data is centred on it
+PORTAILDF_LOGIN, PORTAILDF_PASSWORD, PORTAILDF_USERS = "test-portaildf", "test-portaildf-p4ssw0rd", 400
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -47,7 +52,7 @@ def pg():
     shutil.rmtree(data_dir, ignore_errors=True)
     with running(data_dir) as server:
         url = server.url.replace("postgresql://", "postgres://")
-        for conn in ("INTRA42_DB",):
+        for conn in ("INTRA42_DB", "PORTAILDF_DB", "GAZELLE_DB"):
             os.environ[f"AIRFLOW_CONN_{conn}"] = url
         yield server
     shutil.rmtree(data_dir, ignore_errors=True)
@@ -88,6 +93,49 @@ def intra42_conn(url: str, rate_limit: str) -> str:
     })
 
 
+@pytest.fixture(scope="session")
+def portaildf_sandbox():
+    """The Portail DF sandbox (V1 API, 100 req/s); AIRFLOW_CONN_PORTAILDF_API points at it."""
+    from sandbox.common import serve
+    from sandbox.portaildf import PortailDFData, create_app
+
+    app = create_app(PortailDFData(users=PORTAILDF_USERS, seed=3), username=PORTAILDF_LOGIN,
+                     password=PORTAILDF_PASSWORD, per_second=100)
+    with serve(app) as url:
+        os.environ["AIRFLOW_CONN_PORTAILDF_API"] = portaildf_conn(url, rate_limit="100/s")
+        yield Sandbox(url, app)
+
+
+def portaildf_conn(url: str, rate_limit: str = "100/s", api_version: str = "1", max_retries: str = "6") -> str:
+    return json.dumps({
+        "conn_type": "http", "host": url, "login": PORTAILDF_LOGIN, "password": PORTAILDF_PASSWORD,
+        "extra": {"api_version": api_version, "rate_limit": rate_limit, "backoff": "0.05",
+                  "max_retries": max_retries, "timeout": 10},
+    })
+
+
+@pytest.fixture(scope="session")
+def gazelle_sandbox():
+    """The Gazelle sandbox (data centred on GAZELLE_ANCHOR, 50 req/s); AIRFLOW_CONN_GAZELLE_API points at it."""
+    from sandbox.common import serve
+    from sandbox.gazelle import GazelleData, create_app
+
+    data = GazelleData(clients=850, technicians=5, seed=4, anchor=GAZELLE_ANCHOR)
+    app = create_app(data, client_id=GAZELLE_CLIENT_ID, client_secret=GAZELLE_CLIENT_SECRET,
+                     refresh_token=GAZELLE_REFRESH_TOKEN, per_second=50)
+    with serve(app) as url:
+        os.environ["AIRFLOW_CONN_GAZELLE_API"] = gazelle_conn(url)
+        yield Sandbox(url, app)
+
+
+def gazelle_conn(url: str, **extra: str) -> str:
+    return json.dumps({
+        "conn_type": "http", "host": url, "login": GAZELLE_CLIENT_ID, "password": GAZELLE_CLIENT_SECRET,
+        "extra": {"refresh_token": GAZELLE_REFRESH_TOKEN, "rate_limit": "50/s", "backoff": "0.05",
+                  "max_retries": "6", "timeout": 10, **extra},
+    })
+
+
 class Sandbox:
     """A running sandbox: its URL, its data (the ground truth) and its control endpoints."""
 
@@ -112,8 +160,9 @@ def fresh_schema(pg, airflow_db, sql):
     """Drop a sync's schema and recreate its tables exactly as the DAG's create_tables task does."""
     from dagrun import get_dag
 
-    def make(dag_id: str, schema: str):
-        sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    def make(dag_id: str, schema: str, drop: bool = True):
+        if drop:
+            sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         for statement in get_dag(dag_id).get_task("create_tables").sql:  # the files' text, as loaded
             sql(f"SET search_path TO {schema}; {statement.replace('{{ schema }}', schema)}")
 

@@ -42,14 +42,18 @@ def run_dag(dag_id: str, conf: dict | None = None, logical_date=None, retry_dela
 
 
 def xcom(run, task_id: str):
-    """The return value a task pushed in a finished run."""
+    """The return value a task pushed in a finished run (a list, in map order, for a mapped task)."""
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        row = session.query(XComModel).filter_by(
-            dag_id=run.dag_id, run_id=run.run_id, task_id=task_id, key="return_value").one_or_none()
-        return None if row is None else XComModel.deserialize_value(row)
+        rows = session.query(XComModel).filter_by(
+            dag_id=run.dag_id, run_id=run.run_id, task_id=task_id, key="return_value").order_by(
+            XComModel.map_index).all()
+        values = [XComModel.deserialize_value(row) for row in rows]
+        if rows and rows[0].map_index >= 0:
+            return values
+        return values[0] if values else None
 
 
 def register(dag):

@@ -6,11 +6,14 @@ The Airflow connection gives the base URL, the credentials (login/password) and 
   max_retries  retries on 5xx, timeouts, connection errors and unreadable bodies (default 5)
   backoff      first retry delay in seconds, doubled each retry (default 1)
   token_path   where an auth flow gets its token (default per flow)
+  api_version, refresh_token: read by the API modules that need them
 Everything else in extras is left to HttpHook, which turns it into request headers.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import random
@@ -26,7 +29,9 @@ from airflow.sdk.log import mask_secret
 
 log = logging.getLogger(__name__)
 
-CLIENT_EXTRAS = ("rate_limit", "timeout", "max_retries", "backoff", "token_path")
+CLIENT_EXTRAS = ("rate_limit", "timeout", "max_retries", "backoff", "token_path", "api_version", "refresh_token")
+# HttpSensor sends every connection extra as a header; these request headers (None = drop) keep ours out.
+SENSOR_HEADERS: dict[str, str | None] = dict.fromkeys(CLIENT_EXTRAS)
 RETRYABLE_STATUS = {500, 502, 503, 504}
 MAX_THROTTLED_WAITS = 50
 UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -92,6 +97,15 @@ class RateLimiter:
         """The call's answer arrived (or it failed): its places free `period` from now."""
         with self.lock:
             slot[0] = time.monotonic()
+
+    def assume_busy(self, up_to: float = 10.0) -> None:
+        """Count every window of up to `up_to` seconds as full as of now: for a client that takes over from
+        another one that just used the same credentials (the previous chunk of a run)."""
+        with self.lock:
+            now = time.monotonic()
+            for (count, period), slots in zip(self.limits, self.windows, strict=True):
+                if period <= up_to:
+                    slots[:] = [[now] for _ in range(count)]
 
     def pause(self, seconds: float) -> None:
         with self.lock:
@@ -159,6 +173,86 @@ class OAuth2ClientCredentials:
         self.expires_at = time.monotonic() + float(body.get("expires_in", 3600))
         client.stats.add(token_renewals=1)
         log.info("obtained an access token valid %ss", body.get("expires_in", "?"))
+
+
+class OAuth2RotatingRefreshToken:
+    """OAuth2 refresh-token grant, for APIs whose refresh tokens rotate (each refresh revokes the one used).
+
+    The connection holds the client id/secret (login/password) and, in extra `refresh_token`, the token a
+    user's authorization gave. Every rotation is saved at once in an Airflow Variable (`<conn_id>_oauth_token`:
+    masked in logs and the UI, encrypted in the metadata DB), which the next task and the next run start
+    from. Putting a new refresh token in the connection (after a re-authorization) takes over from the saved
+    one. Tasks running at the same time share the saved access token; if two refresh at once, the loser's
+    old token is refused (invalid_grant) and it adopts the winner's.
+    """
+
+    ADOPT_WAITS = (0.5, 1, 2, 4)  # seconds to wait for a concurrent refresh to be saved
+
+    def __init__(self, conn_id: str, default_token_path: str = "/oauth/token") -> None:
+        self.key = f"{conn_id}_oauth_token"
+        self.default_token_path = default_token_path
+        self.state: dict[str, Any] | None = None
+        self.lock = threading.Lock()
+
+    def headers(self, client: ApiClient) -> dict[str, str]:
+        with self.lock:
+            if self.state is None or time.time() > self.state["expires_at"] - 60:
+                self._refresh(client, stale=None)
+            return {"Authorization": f"Bearer {self.state['access_token']}"}
+
+    def renew(self, client: ApiClient) -> None:
+        with self.lock:
+            self._refresh(client, stale=self.state and self.state["access_token"])
+
+    def _saved(self, client: ApiClient) -> dict[str, Any]:
+        """The saved token state, unless the connection's refresh token is newer (a re-authorization)."""
+        from airflow.sdk import Variable
+
+        granted = client.extras.get("refresh_token")
+        if not granted:
+            raise AuthError(f"connection {client.conn_id}: extra refresh_token is missing")
+        origin = hashlib.sha256(granted.encode()).hexdigest()[:16]
+        saved = json.loads(Variable.get(self.key, default="null") or "null")
+        if saved and saved.get("origin") == origin:
+            for token in (saved["refresh_token"], saved.get("access_token")):
+                if token:
+                    mask_secret(token)
+            return saved
+        mask_secret(granted)
+        return {"origin": origin, "refresh_token": granted, "access_token": None, "expires_at": 0}
+
+    def _refresh(self, client: ApiClient, stale: str | None) -> None:
+        from airflow.sdk import Variable
+
+        waits = iter(self.ADOPT_WAITS)
+        while True:
+            saved = self._saved(client)
+            fresh = saved["access_token"] and saved["access_token"] != stale
+            if fresh and time.time() < saved["expires_at"] - 60:
+                self.state = saved  # another task (or an earlier one) already has a valid token
+                return
+            path = client.extras.get("token_path") or self.default_token_path
+            try:
+                body, _ = client.obtain_token(path, data={
+                    "grant_type": "refresh_token", "refresh_token": saved["refresh_token"],
+                    "client_id": client.login, "client_secret": client.password})
+            except AuthError as exc:
+                wait = next(waits, None)
+                if "invalid_grant" not in str(exc) or wait is None:
+                    raise AuthError(f"{exc}. If the refresh token was revoked, authorize the application again "
+                                    f"and put the new refresh token in connection {client.conn_id}") from exc
+                time.sleep(wait)  # maybe a concurrent task rotated it: look at what it saved
+                continue
+            mask_secret(body["access_token"])
+            mask_secret(body["refresh_token"])
+            self.state = {"origin": saved["origin"], "refresh_token": body["refresh_token"],
+                          "access_token": body["access_token"],
+                          "expires_at": time.time() + float(body.get("expires_in", 3600))}
+            Variable.set(self.key, json.dumps(self.state), description="usersync: rotating OAuth token state")
+            client.stats.add(token_renewals=1)
+            log.info("refreshed the access token (valid %ss); saved the rotated refresh token",
+                     body.get("expires_in", "?"))
+            return
 
 
 class ApiClient:

@@ -72,11 +72,10 @@ class TargetDb:
 
     def stream(self, name: str, params: dict[str, Any] | None = None, batch: int = 10_000) -> Iterator[tuple]:
         """The rows of a named query, read through a server-side cursor: memory stays flat however many."""
-        with self.transaction() as cur:
-            with cur.connection.cursor(name=f"usersync_{name}") as rows:
-                rows.itersize = batch
-                rows.execute(self.sql(name), params)
-                yield from rows
+        with self.transaction() as cur, cur.connection.cursor(name=f"usersync_{name}") as rows:
+            rows.itersize = batch
+            rows.execute(self.sql(name), params)
+            yield from rows
 
     def query(self, name: str, params: dict[str, Any] | None = None) -> dict[str, Any] | None:
         with self.transaction() as cur:

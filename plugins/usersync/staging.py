@@ -152,7 +152,8 @@ def split_to_staging(prefix: ObjectStoragePath, records: Iterable[Any], batch_si
     """Stage records as pages of `batch_size`; returns the pages' paths (one per batch, for task mapping)."""
     prefix.mkdir(parents=True, exist_ok=True)
     paths = []
-    for number, batch in enumerate(itertools.batched(records, batch_size), start=1):
+    records = iter(records)
+    for number, batch in enumerate(iter(lambda: list(itertools.islice(records, batch_size)), []), start=1):
         path = prefix / f"page-{number:06d}.ndjson"
         write_ndjson(path, batch)
         paths.append(str(path))

@@ -1,0 +1,2 @@
+-- This run's typed, de-duplicated users, ready to upsert. Unlogged: rebuilt every run.
+CREATE UNLOGGED TABLE IF NOT EXISTS users_delta (LIKE users INCLUDING DEFAULTS)

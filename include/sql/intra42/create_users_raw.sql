@@ -1,5 +1,0 @@
--- Landing table for COPY: one API record per row, in staged order. Unlogged: rebuilt every run.
-CREATE UNLOGGED TABLE IF NOT EXISTS users_raw (
-    seq    bigint GENERATED ALWAYS AS IDENTITY,
-    record jsonb NOT NULL
-)

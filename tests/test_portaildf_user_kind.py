@@ -1,0 +1,200 @@
+"""portaildf_user_kind end to end: dag.test() against the Portail DF sandbox over HTTP and a real Postgres."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import AIRFLOW_HOME, PORTAILDF_PASSWORD, portaildf_conn
+from dagrun import get_dag, run_dag, xcom
+
+from tools.app_tables import seed_portaildf_users
+
+DAG_ID, SCHEMA = "portaildf_user_kind", "portaildf"
+KINDS = {"prestataire", "gestionnaire", "prestataire, gestionnaire", "aucun"}
+SMALL_CHUNKS = {"batch_size": 150, "num_workers": 8}  # 400 users -> 3 chunks
+
+
+@pytest.fixture
+def portaildf(portaildf_sandbox, fresh_schema, pg, sql):
+    """A clean sandbox, the application's users table filled with its users (no kind yet), the sync's tables."""
+    portaildf_sandbox.control("reset")
+    os.environ["AIRFLOW_CONN_PORTAILDF_API"] = portaildf_conn(portaildf_sandbox.url)
+    sql(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+    seed_portaildf_users(pg.url, SCHEMA, portaildf_sandbox.data.app_users())
+    fresh_schema(DAG_ID, SCHEMA, drop=False)
+    return portaildf_sandbox
+
+
+def kinds(sql) -> dict:
+    return {str(user_id): kind for user_id, kind in sql(f"SELECT id, kind FROM {SCHEMA}.users")}
+
+
+def versions(sql) -> dict:
+    return dict(sql(f"SELECT id::text, xmin::text FROM {SCHEMA}.users"))
+
+
+def sync(conf=None):
+    run, states = run_dag(DAG_ID, {**SMALL_CHUNKS, **(conf or {})})
+    assert {s for s in states.values()} <= {"success", "skipped"}, states
+    return run, xcom(run, "report_run")
+
+
+def test_every_user_gets_the_kind_the_directory_says_and_a_rerun_writes_nothing(portaildf, sql):
+    run, report = sync()
+
+    expected = portaildf.data.expected_kinds()
+    assert kinds(sql) == expected
+    assert set(expected.values()) == KINDS | {None}  # every row of the mapping, and unknown users
+    with_email = [u for u in portaildf.data.app_users() if u["email"]]
+    unknown = [u["email"].strip() for u in with_email if expected[u["id"]] is None]
+    assert report["processed"] == len(with_email)
+    assert report["chunks"] == -(-len(with_email) // SMALL_CHUNKS["batch_size"])
+    assert (report["updated"], report["unchanged"], report["failed"]) == (len(with_email) - len(unknown), 0, 0)
+    assert report["not_found"] == len(unknown) > 0
+    assert sorted(report["not_found_emails"]) == sorted(unknown)
+    assert report["kinds"] == {k or "(none)": n for k, n in Counter(expected.values()).items()}
+    assert report["api_calls"] >= report["processed"] and report["requests_per_s"] > 0
+    assert sql(f"SELECT report FROM {SCHEMA}.sync_runs")[0][0]["run_id"] == run.run_id
+
+    state = portaildf.state()
+    assert report["throttled"] == state["stats"]["throttled"]  # every 429 was seen, and waited out
+    for window in state["rate"]["windows"]:
+        assert window["max_accepted_in_window"] <= window["limit"]  # nothing over the limit got through
+
+    before = versions(sql)
+    _, again = sync()
+    assert (again["updated"], again["unchanged"]) == (0, report["updated"])
+    assert versions(sql) == before
+
+
+def test_tricky_emails_plus_signs_unicode_and_letter_case(portaildf, sql):
+    sync()
+    table = kinds(sql)
+    directory = {r["email"].casefold(): r["email"] for r in portaildf.data.records()}
+    users = [u for u in portaildf.data.app_users() if u["email"] and u["email"].strip().casefold() in directory]
+    groups = {
+        "plus": [u for u in users if "+" in u["email"]],
+        "unicode": [u for u in users if not u["email"].isascii()],
+        "case": [u for u in users if directory[u["email"].strip().casefold()] != u["email"].strip()],
+    }
+    for name, group in groups.items():
+        assert group, f"the sandbox data has no {name} emails"
+        assert all(table[u["id"]] == portaildf.data.expected_kind(u["email"]) is not None for u in group), name
+
+
+def test_unknown_users_are_never_overwritten(portaildf, sql):
+    expected = portaildf.data.expected_kinds()
+    unknown = [user_id for user_id, kind in expected.items() if kind is None]
+    sql(f"UPDATE {SCHEMA}.users SET kind = 'set by hand' WHERE id = ANY(%s::uuid[])", (unknown,))
+    sync()
+    table = kinds(sql)
+    assert all(table[user_id] == "set by hand" for user_id in unknown)
+
+
+def test_dry_run_writes_nothing_and_reports_the_transitions(portaildf, sql):
+    sync()
+    changed = portaildf.control("mutate", {"k": 6})["ids"]
+    before, old_kinds = versions(sql), kinds(sql)
+
+    _, report = sync({"dry_run": True})
+    assert versions(sql) == before
+    assert report["dry_run"] and report["updated"] == 6
+    users = {u["email"]: u["id"] for u in portaildf.data.app_users() if u["email"]}
+    transitions = Counter(f"{old_kinds[users[e]]} -> {portaildf.data.expected_kind(e)}" for e in changed)
+    assert report["transitions"] == dict(transitions)
+    assert sql(f"SELECT count(*) FROM {SCHEMA}.sync_runs WHERE dry_run")[0][0] == 1
+
+    _, real = sync()
+    assert real["updated"] == 6 and real["transitions"] == dict(transitions)
+    assert kinds(sql) == portaildf.data.expected_kinds()
+
+
+def test_limit_and_only_missing(portaildf, sql):
+    _, report = sync({"limit": 50})
+    assert report["processed"] == 50 and report["chunks"] == 1
+    first_50 = [r[0] for r in sql(f"SELECT id::text FROM {SCHEMA}.users WHERE btrim(email) <> '' ORDER BY id LIMIT 50")]
+    expected = portaildf.data.expected_kinds()
+    assert {i for i, k in kinds(sql).items() if k is not None} == {i for i in first_50 if expected[i]}
+
+    _, missing = sync({"only_missing": True})
+    assert missing["mode"] == "only_missing"
+    assert missing["processed"] == sum(1 for u in portaildf.data.app_users() if u["email"]) - (
+        report["updated"])  # those that got a kind are not asked again
+    assert kinds(sql) == expected
+
+
+def test_5xx_timeouts_and_429_bursts_end_with_the_fault_free_table(portaildf, sql):
+    portaildf.control("faults", {"error_rate": 0.25, "truncate_rate": 0.05, "burst_429": 4, "seed": 5})
+    _, report = sync()
+    assert kinds(sql) == portaildf.data.expected_kinds()
+    assert report["failed"] == 0
+    assert report["retries"] > 0 and report["throttled"] >= 4
+    stats = portaildf.state()["stats"]
+    assert stats["errors_injected"] > 0 and stats["throttled_burst"] == 4
+
+
+def test_a_lookup_that_keeps_failing_is_reported_and_the_rest_land(portaildf, sql):
+    os.environ["AIRFLOW_CONN_PORTAILDF_API"] = portaildf_conn(portaildf.url, max_retries="0")
+    portaildf.control("faults", {"error_rate": 0.2, "seed": 11})
+    _, report = sync()
+    assert 0 < report["failed"] < report["processed"]
+    assert all("HTTP 50" in f["reason"] for f in report["failures"])
+    failed = {f["email"] for f in report["failures"]}
+    table, expected = kinds(sql), portaildf.data.expected_kinds()
+    for user in portaildf.data.app_users():
+        email = (user["email"] or "").strip()
+        assert table[user["id"]] == (None if email in failed else expected[user["id"]])
+
+
+def test_an_unreachable_api_fails_the_run_and_leaves_the_table_as_it_was(portaildf, sql):
+    sync()
+    portaildf.control("mutate", {"k": 3})
+    before = versions(sql)
+    os.environ["AIRFLOW_CONN_PORTAILDF_API"] = portaildf_conn(portaildf.url, max_retries="1")
+    portaildf.control("faults", {"error_rate": 1.0})
+    _, states = run_dag(DAG_ID, {"limit": 20, "batch_size": 10})
+    assert "failed" in states.values() and states["update_kinds"] != "success", states
+    assert versions(sql) == before
+
+
+def test_bad_credentials_fail_clearly(portaildf, sql):
+    conn = json.loads(portaildf_conn(portaildf.url))
+    os.environ["AIRFLOW_CONN_PORTAILDF_API"] = json.dumps({**conn, "password": "wrong"})
+    _, states = run_dag(DAG_ID, {**SMALL_CHUNKS})
+    assert "failed" in states.values() and "update_kinds" not in {t for t, s in states.items() if s == "success"}
+    assert all(kind is None for kind in kinds(sql).values())
+
+
+def test_api_v2_bearer_tokens_renewed_when_they_expire(portaildf, sql):
+    os.environ["AIRFLOW_CONN_PORTAILDF_API"] = portaildf_conn(portaildf.url, api_version="2")
+    portaildf.app.state.accounts.access_ttl = 0.5  # expires during the run: the client renews on 401
+    try:
+        _, report = sync({"num_workers": 2})
+    finally:
+        portaildf.app.state.accounts.access_ttl = 300
+    assert kinds(sql) == portaildf.data.expected_kinds()
+    assert report["failed"] == 0
+
+
+def test_a_missing_users_table_is_a_clear_error(portaildf_sandbox, sql, fresh_schema):
+    sql(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+    sql(f"CREATE SCHEMA {SCHEMA}; CREATE TABLE {SCHEMA}.users (id uuid PRIMARY KEY, email text)")
+    with pytest.raises(Exception, match=r"must exist with columns id, email, kind \(missing: kind\)"):
+        fresh_schema(DAG_ID, SCHEMA, drop=False)
+
+
+def test_no_secret_reaches_logs_xcom_or_staging(portaildf, sql, capfd):
+    run, _ = sync()
+    token = portaildf.app.state.accounts.v1_token()
+    places = {"console": "".join(capfd.readouterr())}
+    for path in Path(AIRFLOW_HOME).rglob("*"):
+        if path.is_file() and path.suffix in (".log", ".json", ".ndjson", ""):
+            places[str(path)] = path.read_text(errors="replace")
+    places["xcom"] = json.dumps([xcom(run, t) for t in get_dag(DAG_ID).task_ids if t != "api_available"], default=str)
+    places["sync_runs"] = json.dumps(sql(f"SELECT report FROM {SCHEMA}.sync_runs"), default=str)
+    for secret in (PORTAILDF_PASSWORD, token):
+        assert not [name for name, text in places.items() if secret in text]
