@@ -2,7 +2,7 @@
 #
 # Extends the official Airflow image with the project's pinned dependencies
 # (requirements.lock pins apache-airflow==3.3.2, the same version as the base
-# image, so pip keeps Airflow itself as it is) and bakes in the sandbox APIs
+# image, so pip keeps Airflow itself as it is) and bakes in the sandbox APIs (and tools/)
 # and the SQL files. dags/, plugins/ and include/ are also bind-mounted by
 # docker-compose.yaml so edits show up without a rebuild.
 FROM apache/airflow:3.3.2-python3.11
@@ -13,6 +13,7 @@ COPY --chown=airflow:0 requirements.lock /requirements.lock
 RUN pip install --no-cache-dir -r /requirements.lock
 
 COPY --chown=airflow:0 sandbox/ /opt/airflow/sandbox/
+COPY --chown=airflow:0 tools/ /opt/airflow/tools/
 COPY --chown=airflow:0 include/ /opt/airflow/include/
 
 # Mount point of the shared "staging" volume. Creating it in the image makes a

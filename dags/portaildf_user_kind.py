@@ -98,16 +98,18 @@ def portaildf_user_kind():
         return staging.split_to_staging(prefix, users, params["batch_size"])
 
     @task(max_active_tis_per_dag=1)  # chunks share the API's rate limit: one at a time, each at full speed
-    def look_up_chunk(chunk: str, params=None, dag_run=None, ti=None) -> dict:
+    def look_up_chunk(chunk: str, params=None, dag_run=None) -> dict:
         api = portaildf.client(API_CONN)
-        if ti.map_index > 0:
-            api.limiter.assume_busy()  # the previous chunk may have used the last second's requests
-        users = staging.read_ndjson(chunk)
-        prefix = staging.run_prefix(dag_run.dag_id, dag_run.run_id, f"lookups/{ObjectStoragePath(chunk).stem}")
-        return staging.fan_out_to_staging(
-            prefix, users, functools.partial(portaildf.lookup_user, api), api, params["num_workers"],
+        lookups = staging.run_prefix(dag_run.dag_id, dag_run.run_id, "lookups")
+        calls = lookups / "_recent_calls.json"  # the previous chunk's calls still count in the API's windows
+        api.limiter.continue_from(staging.read_json(calls) or [])
+        answered = staging.fan_out_to_staging(
+            lookups / ObjectStoragePath(chunk).stem, staging.read_ndjson(chunk),
+            functools.partial(portaildf.lookup_user, api), api, params["num_workers"],
             failed=lambda answer: answer["outcome"] == "failed",
         )
+        staging.write_json(calls, api.limiter.history())
+        return answered
 
     @task(trigger_rule="none_failed")  # also when there was no user to check
     def stage_answers(looked_up: list[dict], dag_run=None) -> dict:

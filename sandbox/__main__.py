@@ -126,13 +126,20 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="api", required=True, metavar="API")
     for register in _APIS:
         register(sub)
+    everything = sub.add_parser("all", help="every API with its defaults, each on its default port")
+    everything.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args(argv)
-    try:
-        app = args.build(args)
-    except ValueError as exc:
-        parser.error(str(exc))
-    with serve(app, args.host, args.port) as url:
-        print(f"{args.api} sandbox listening on {url} (Ctrl-C to stop)", flush=True)
+    chosen = [parser.parse_args([api, "--host", args.host]) for api in sub.choices if api != "all"] \
+        if args.api == "all" else [args]
+    with contextlib.ExitStack() as stack:
+        for one in chosen:
+            try:
+                app = one.build(one)
+            except ValueError as exc:
+                parser.error(str(exc))
+            url = stack.enter_context(serve(app, one.host, one.port))
+            print(f"{one.api} sandbox listening on {url}", flush=True)
+        print("(Ctrl-C to stop)", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait()
     return 0

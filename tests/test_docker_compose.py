@@ -149,6 +149,10 @@ def test_airflow_services_mount_staging_volume() -> None:
     [
         "AIRFLOW_CONN_INTRA42_API",
         "AIRFLOW_CONN_INTRA42_DB",
+        "AIRFLOW_CONN_PORTAILDF_API",
+        "AIRFLOW_CONN_PORTAILDF_DB",
+        "AIRFLOW_CONN_GAZELLE_API",
+        "AIRFLOW_CONN_GAZELLE_DB",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
         "AIRFLOW__CELERY__BROKER_URL",
         "AIRFLOW__API_AUTH__JWT_SECRET",
@@ -170,6 +174,18 @@ def test_default_connections_point_at_sandbox_and_target_db() -> None:
     assert conn["login"] and conn["password"]
     assert conn["extra"] == {"rate_limit": "2/s,1200/h"}
     assert env["AIRFLOW_CONN_INTRA42_DB"] == "postgresql://usersync:usersync@target-db:5432/usersync"
+    portaildf = json.loads(env["AIRFLOW_CONN_PORTAILDF_API"])
+    assert (portaildf["host"], portaildf["extra"]["api_version"]) == ("http://sandbox:8043", "1")
+    gazelle = json.loads(env["AIRFLOW_CONN_GAZELLE_API"])
+    assert gazelle["host"] == "http://sandbox:8044" and gazelle["extra"]["refresh_token"]
+    from sandbox import gazelle as gazelle_sandbox, portaildf as portaildf_sandbox
+
+    assert (portaildf["login"], portaildf["password"]) == (portaildf_sandbox.DEFAULT_USERNAME,
+                                                          portaildf_sandbox.DEFAULT_PASSWORD)
+    assert (gazelle["login"], gazelle["password"], gazelle["extra"]["refresh_token"]) == (
+        gazelle_sandbox.DEFAULT_CLIENT_ID, gazelle_sandbox.DEFAULT_CLIENT_SECRET, gazelle_sandbox.DEFAULT_REFRESH_TOKEN)
+    for name in ("PORTAILDF", "GAZELLE"):
+        assert env[f"AIRFLOW_CONN_{name}_DB"] == "postgresql://usersync:usersync@target-db:5432/usersync"
 
 
 def test_env_file_overrides_connections(tmp_path: Path) -> None:
@@ -200,7 +216,8 @@ def test_sandbox_service_runs_the_sandbox_with_healthcheck() -> None:
     command = sandbox.get("command")
     if isinstance(command, str):
         command = command.split()
-    assert command[-7:] == ["-m", "sandbox", "intra42", "--host", "0.0.0.0", "--port", "8042"]
+    assert "python -m sandbox all --host 0.0.0.0" in " ".join(command)
+    assert {str(port) for port in sandbox.get("expose", [])} == {"8042", "8043", "8044"}
     assert sandbox.get("healthcheck", {}).get("test"), "sandbox has no healthcheck"
     assert sandbox.get("image") == _services()["airflow-worker"].get("image")
 

@@ -32,3 +32,23 @@ def seed_portaildf_users(url: str, schema: str, users: list[dict]) -> int:
             "INSERT INTO {}.users (id, email, kind) SELECT id, email, kind FROM new_users ON CONFLICT (id) DO NOTHING"
         ).format(sql.Identifier(schema))).rowcount
     return added
+
+
+def main() -> None:
+    """python -m tools.app_tables DB_URL: the portaildf.users table the Portail DF sandbox's users match."""
+    import argparse
+
+    from sandbox.portaildf import PortailDFData
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("db_url")
+    parser.add_argument("--users", type=int, default=1234, help="as the sandbox's --users")
+    parser.add_argument("--seed", type=int, default=0, help="as the sandbox's --seed")
+    args = parser.parse_args()
+    url = args.db_url.replace("postgres://", "postgresql://", 1)
+    added = seed_portaildf_users(url, "portaildf", PortailDFData(args.users, args.seed).app_users())
+    print(f"portaildf.users: {added} users added")
+
+
+if __name__ == "__main__":
+    main()

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import requests
 
+from sandbox import gazelle, portaildf
 from tools.airflow_env import airflow_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +32,8 @@ DEMO = ROOT / ".demo"
 SANDBOX_CLIENT_ID, SANDBOX_SECRET = "usersync-sandbox-uid", "usersync-sandbox-secret"
 
 
-def demo_env(db_url: str, intra42_url: str, rate_per_second: int) -> dict[str, str]:
+def demo_env(db_url: str, urls: dict[str, str], rate_per_second: int, gazelle_grant: str) -> dict[str, str]:
+    """Airflow's environment: one API and one DB connection per sync (every DB connection to the same Postgres)."""
     home = DEMO / "airflow"
     home.mkdir(parents=True, exist_ok=True)
     return {
@@ -40,8 +43,18 @@ def demo_env(db_url: str, intra42_url: str, rate_per_second: int) -> dict[str, s
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "AIRFLOW_CONN_INTRA42_DB": db_url,
         "AIRFLOW_CONN_INTRA42_API": json.dumps({
-            "conn_type": "http", "host": intra42_url, "login": SANDBOX_CLIENT_ID, "password": SANDBOX_SECRET,
+            "conn_type": "http", "host": urls["intra42"], "login": SANDBOX_CLIENT_ID, "password": SANDBOX_SECRET,
             "extra": {"rate_limit": f"{rate_per_second}/s,1200/h"},
+        }),
+        "AIRFLOW_CONN_PORTAILDF_DB": db_url,
+        "AIRFLOW_CONN_PORTAILDF_API": json.dumps({
+            "conn_type": "http", "host": urls["portaildf"], "login": portaildf.DEFAULT_USERNAME,
+            "password": portaildf.DEFAULT_PASSWORD, "extra": {"api_version": "1", "rate_limit": "50/s", "timeout": 10},
+        }),
+        "AIRFLOW_CONN_GAZELLE_DB": db_url,
+        "AIRFLOW_CONN_GAZELLE_API": json.dumps({
+            "conn_type": "http", "host": urls["gazelle"], "login": gazelle.DEFAULT_CLIENT_ID,
+            "password": gazelle.DEFAULT_CLIENT_SECRET, "extra": {"refresh_token": gazelle_grant, "rate_limit": "20/s"},
         }),
     }
 
@@ -138,21 +151,35 @@ def main() -> int:
     parser.add_argument("what", nargs="?", choices=["run", "ui"], default="run")
     parser.add_argument("--db-url", help="target Postgres for every sync (default: an embedded one in .demo/pg)")
     parser.add_argument("--students", type=int, default=40335, help="42 sandbox size (default 40,335)")
+    parser.add_argument("--portaildf-users", type=int, default=1234,
+                        help="rows of the housing platform's users table (default 1,234)")
     parser.add_argument("--rate", type=int, default=20,
                         help="42 sandbox requests per second (the real API allows 2; default 20 for a quick demo)")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the services below are stopped on kill too
     DEMO.mkdir(exist_ok=True)
     sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
+    from tools.app_tables import seed_portaildf_users
     from tools.embedded_pg import free_port
 
+    # Each demo's Gazelle sandbox starts afresh: a new grant makes the sync start from it, not from the
+    # refresh token an earlier demo saved.
+    gazelle_grant = f"demo-grant-{secrets.token_hex(8)}"
     with (
         postgres(args.db_url) as db_url,
         sandbox("intra42", free_port(), "--students", str(args.students), "--per-second", str(args.rate),
                 "--client-id", SANDBOX_CLIENT_ID, "--client-secret", SANDBOX_SECRET) as intra42_url,
+        sandbox("portaildf", free_port(), "--users", str(args.portaildf_users), "--per-second", "50") as portaildf_url,
+        sandbox("gazelle", free_port(), "--refresh-token", gazelle_grant, "--per-second", "20") as gazelle_url,
     ):
-        env = demo_env(db_url, intra42_url, args.rate)
+        urls = {"intra42": intra42_url, "portaildf": portaildf_url, "gazelle": gazelle_url}
+        env = demo_env(db_url, urls, args.rate, gazelle_grant)
         print(f"== Postgres {db_url}\n== 42 sandbox {intra42_url} ({args.students:,} students, {args.rate} req/s)")
+        print(f"== Portail DF sandbox {portaildf_url} ({args.portaildf_users:,} users, 50 req/s)")
+        print(f"== Gazelle sandbox {gazelle_url} (850 clients, 20 req/s)")
+        added = seed_portaildf_users(db_url.replace("postgres://", "postgresql://"), "portaildf",
+                                     portaildf.PortailDFData(args.portaildf_users).app_users())
+        print(f"== the housing platform's portaildf.users table: {added:,} users added", flush=True)
         print("== preparing the Airflow metadata DB (.demo/airflow)", flush=True)
         if airflow(env, "db", "migrate", log=DEMO / "logs-db-migrate.log") != 0:
             raise SystemExit(f"airflow db migrate failed: see {DEMO / 'logs-db-migrate.log'}")

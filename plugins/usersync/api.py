@@ -98,14 +98,19 @@ class RateLimiter:
         with self.lock:
             slot[0] = time.monotonic()
 
-    def assume_busy(self, up_to: float = 10.0) -> None:
-        """Count every window of up to `up_to` seconds as full as of now: for a client that takes over from
-        another one that just used the same credentials (the previous chunk of a run)."""
+    def history(self) -> list[float]:
+        """When the calls that still hold places were answered (epoch seconds), for a client taking over."""
         with self.lock:
-            now = time.monotonic()
-            for (count, period), slots in zip(self.limits, self.windows, strict=True):
-                if period <= up_to:
-                    slots[:] = [[now] for _ in range(count)]
+            offset = time.time() - time.monotonic()
+            longest = max(self.windows, key=len, default=[])  # every place held anywhere is in the longest
+            return [slot[0] + offset for slot in longest if slot[0] != math.inf]
+
+    def continue_from(self, history: list[float]) -> None:
+        """Take over the places another client's calls (same credentials, just before) still hold."""
+        with self.lock:
+            offset = time.time() - time.monotonic()
+            for slots in self.windows:
+                slots.extend([answered - offset] for answered in history)
 
     def pause(self, seconds: float) -> None:
         with self.lock:

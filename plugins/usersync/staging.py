@@ -54,11 +54,11 @@ def run_prefix(dag_id: str, run_id: str, stream: str) -> ObjectStoragePath:
     return run_dir(dag_id, run_id) / stream
 
 
-def _read_json(path: ObjectStoragePath) -> dict[str, Any] | None:
+def read_json(path: ObjectStoragePath) -> Any:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _write_json(path: ObjectStoragePath, data: dict[str, Any]) -> None:
+def write_json(path: ObjectStoragePath, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, default=str))
 
 
@@ -66,12 +66,12 @@ def fetch_to_staging(
     prefix: ObjectStoragePath, paginate: Paginator, first: dict[str, Any], client: ApiClient
 ) -> dict[str, Any]:
     """Stage every page from `first` on; resume where a previous try stopped. Returns the manifest."""
-    manifest = _read_json(prefix / "_manifest.json")
+    manifest = read_json(prefix / "_manifest.json")
     if manifest:
         log.info("already staged by an earlier try: %s pages, %s records", manifest["pages"], manifest["records"])
         return manifest
     prefix.mkdir(parents=True, exist_ok=True)
-    progress = _read_json(prefix / "_progress.json") or {
+    progress = read_json(prefix / "_progress.json") or {
         "pages": 0, "records": 0, "next": first, "started_epoch": time.time(), "api": {},
     }
     if progress["pages"]:
@@ -84,7 +84,7 @@ def fetch_to_staging(
         write_ndjson(prefix / f"page-{number:06d}.ndjson", page.records)
         progress.update(pages=number, records=progress["records"] + len(page.records), next=page.next,
                         api=_sum(earlier_api, client.stats.as_dict()))
-        _write_json(prefix / "_progress.json", progress)
+        write_json(prefix / "_progress.json", progress)
         log.info("staged page %d (%d records, %d so far)", number, len(page.records), progress["records"])
         state = page.next
 
@@ -104,7 +104,7 @@ def fan_out_to_staging(
     nothing is staged and the task fails (to be retried). A retried task redoes the batch unless an earlier
     try finished it.
     """
-    manifest = _read_json(prefix / "_manifest.json")
+    manifest = read_json(prefix / "_manifest.json")
     if manifest:
         log.info("already staged by an earlier try: %s records", manifest["records"])
         return manifest
@@ -132,7 +132,7 @@ def _finish(prefix: ObjectStoragePath, started_epoch: float, pages: int, records
         "retries": api.get("retries", 0),
         "duration_s": round(time.time() - started_epoch, 3),
     }
-    _write_json(prefix / "_manifest.json", manifest)
+    write_json(prefix / "_manifest.json", manifest)
     return manifest
 
 
