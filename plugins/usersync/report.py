@@ -12,8 +12,9 @@ from usersync.db import TargetDb
 log = logging.getLogger(__name__)
 
 # The figures every report shows first, in this order; anything else a sync adds follows.
-HEADLINE = ("window", "processed", "fetched", "pages", "inserted", "updated", "unchanged", "marked_deleted",
-            "not_found", "failed", "quarantined", "duplicates", "api_calls", "throttled", "retries", "duration_s")
+HEADLINE = ("window", "since", "processed", "chunks", "fetched", "pages", "staged", "inserted", "updated", "unchanged",
+            "marked_deleted", "not_found", "failed", "quarantined", "duplicates", "api_calls", "requests_per_s",
+            "throttled", "retries", "duration_s")
 LISTED = 10  # a list in the logged table shows its first items; XCom and sync_runs keep all of them
 
 
@@ -34,13 +35,15 @@ def format_report(report: dict[str, Any]) -> str:
         title += "  DRY RUN: nothing written"
     keys = [k for k in HEADLINE if k in report]
     keys += [k for k in report if k not in keys and k not in ("dag_id", "run_id", "mode", "dry_run")]
+    keys.sort(key=lambda k: isinstance(report[k], dict | list))  # nested figures after the flat ones
     width = max(len(k) for k in keys)
     lines = [title, "-" * len(title)]
     for key in keys:
         value = report[key]
         if isinstance(value, dict):
             lines.append(f"{key.ljust(width)}  ({len(value)})")
-            lines += [f"{'':{width}}    {_shown(v):>8}  {k}" for k, v in value.items()]
+            inner = max((len(str(k)) for k in value), default=0)
+            lines += [f"{'':{width}}    {str(k).ljust(inner)}  {_shown(value[k])}" for k in _ordered(value)]
         elif isinstance(value, list):
             lines.append(f"{key.ljust(width)}  ({len(value)})")
             lines += [f"{'':{width}}    {_shown(item)}" for item in value[:LISTED]]
@@ -49,6 +52,13 @@ def format_report(report: dict[str, Any]) -> str:
         else:
             lines.append(f"{key.ljust(width)}  {_shown(value)}")
     return "\n".join(lines)
+
+
+def _ordered(figures: dict[str, Any]) -> list[str]:
+    """Headline figures first, then the rest; counts of categories (kinds, transitions) largest first."""
+    if figures and not any(k in HEADLINE for k in figures) and all(isinstance(v, int) for v in figures.values()):
+        return sorted(figures, key=lambda k: (-figures[k], k))
+    return [k for k in HEADLINE if k in figures] + sorted(k for k in figures if k not in HEADLINE)
 
 
 def _shown(value: Any) -> str:
