@@ -20,17 +20,14 @@ extra `x-gazelle-api-key`; `rate_limit`) and `gazelle_db` (the Postgres, e.g. Su
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
-from airflow.exceptions import AirflowSkipException
-from airflow.providers.common.sql.operators.sql import SQLExecuteQueryOperator
-from airflow.providers.http.sensors.http import HttpSensor
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import CronTriggerTimetable, Param, dag, task
-from usersync import gazelle, load, report, staging
-from usersync.api import SENSOR_HEADERS
+from airflow.sdk.exceptions import AirflowSkipException
+from usersync import dag_parts, gazelle, load, report, staging
 from usersync.branch import branch_unless_populated
-from usersync.db import SQL_DIR, TargetDb, hook_params
+from usersync.db import SQL_DIR, TargetDb
 from usersync.graphql_api import first_page
 
 API_CONN, DB_CONN, SCHEMA = "gazelle_api", "gazelle_db", "gazelle"
@@ -67,13 +64,7 @@ def entity_figures(ti, entity: str) -> dict:
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
-    default_args={
-        "owner": "usersync",
-        "retries": 3,
-        "retry_delay": timedelta(minutes=1),
-        "retry_exponential_backoff": True,
-        "max_retry_delay": timedelta(minutes=30),
-    },
+    default_args=dag_parts.DEFAULT_ARGS,
     tags=["usersync", "gazelle"],
     params={
         "force_users": Param(False, type="boolean", description="Sync the technicians even though "
@@ -91,35 +82,17 @@ def entity_figures(ti, entity: str) -> dict:
     doc_md=__doc__,
 )
 def gazelle_sync():
-    api_available = HttpSensor(
-        task_id="api_available",
-        http_conn_id=API_CONN,
-        headers=SENSOR_HEADERS,
-        method="POST",
-        endpoint=gazelle.GRAPHQL_PATH.lstrip("/"),
-        extra_options={"check_response": False},
-        response_check=lambda response: response.status_code in (200, 400, 401),  # up, whatever it thinks of us
-        poke_interval=30,
-        timeout=600,
-        exponential_backoff=True,
-    )
+    # Without a token the endpoint answers 401: it is up (the fetches check the credentials).
+    api_available = dag_parts.api_sensor(API_CONN, gazelle.GRAPHQL_PATH, method="POST", up=(200, 400, 401))
 
-    create_tables = SQLExecuteQueryOperator(
-        task_id="create_tables",
-        conn_id=DB_CONN,
-        hook_params=hook_params(SCHEMA),
-        sql=[
-            "common/create_schema.sql", "common/create_sync_runs.sql", "common/create_sync_runs_index.sql",
-            "common/create_quarantine.sql", "common/create_quarantine_index.sql",
-            *(f"gazelle/{name}.sql" for name in (
-                "create_users", "create_clients", "create_contacts", "create_pianos", "create_events",
-                "create_timeline_entries", "create_contacts_client_id_idx", "create_pianos_client_id_idx",
-                "create_events_client_id_idx", "create_events_start_idx", "create_timeline_entries_client_id_idx",
-                "create_timeline_entries_piano_id_idx", "create_timeline_entries_occurred_at_idx",
-                "create_users_delta", "create_clients_delta", "create_contacts_delta", "create_pianos_delta",
-                "create_events_delta", "create_timeline_entries_delta")),
-        ],
-    )
+    create_tables = dag_parts.create_tables(DB_CONN, SCHEMA, "gazelle", [
+        "create_users", "create_clients", "create_contacts", "create_pianos", "create_events",
+        "create_timeline_entries", "create_contacts_client_id_idx", "create_pianos_client_id_idx",
+        "create_events_client_id_idx", "create_events_start_idx", "create_timeline_entries_client_id_idx",
+        "create_timeline_entries_piano_id_idx", "create_timeline_entries_occurred_at_idx",
+        "create_users_delta", "create_clients_delta", "create_contacts_delta", "create_pianos_delta",
+        "create_events_delta", "create_timeline_entries_delta",
+    ])
 
     users_needed = branch_unless_populated(
         db, "users", sync_task_id="fetch_users", skip_task_id="users_already_synced", force_param="force_users",

@@ -11,14 +11,11 @@ and `intra42_db` (the application's Postgres; tables live in schema `intra42`).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
-from airflow.providers.common.sql.operators.sql import SQLExecuteQueryOperator
-from airflow.providers.http.sensors.http import HttpSensor
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
-from usersync import intra42, load, report, staging
-from usersync.api import SENSOR_HEADERS
-from usersync.db import SQL_DIR, TargetDb, hook_params
+from usersync import dag_parts, intra42, load, report, staging
+from usersync.db import SQL_DIR, TargetDb
 from usersync.window import choose_window
 
 API_CONN, DB_CONN, SCHEMA = "intra42_api", "intra42_db", "intra42"
@@ -34,13 +31,7 @@ db = TargetDb(DB_CONN, SCHEMA, sync="intra42")
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
-    default_args={
-        "owner": "usersync",
-        "retries": 3,
-        "retry_delay": timedelta(minutes=1),
-        "retry_exponential_backoff": True,
-        "max_retry_delay": timedelta(minutes=30),
-    },
+    default_args=dag_parts.DEFAULT_ARGS,
     tags=["usersync", "intra42", "users"],
     params={
         "full_refresh": Param(False, type="boolean", description="Fetch every student, not only the changes; "
@@ -58,31 +49,14 @@ db = TargetDb(DB_CONN, SCHEMA, sync="intra42")
     doc_md=__doc__,
 )
 def intra42_users():
-    api_available = HttpSensor(
-        task_id="api_available",
-        http_conn_id=API_CONN,
-        headers=SENSOR_HEADERS,
-        method="POST",
-        endpoint="oauth/token",  # answers only when the API is up and the client credentials are valid
-        request_params={"grant_type": "client_credentials"},
-        response_error_codes_allowlist=["404", "429", "500", "502", "503", "504"],  # down for now: poke again
-        poke_interval=30,
-        timeout=600,
-        exponential_backoff=True,
-    )
+    # The token endpoint answers 200 only when the API is up and the credentials are good.
+    api_available = dag_parts.api_sensor(
+        API_CONN, "oauth/token", method="POST", request_params={"grant_type": "client_credentials"})
 
-    create_tables = SQLExecuteQueryOperator(
-        task_id="create_tables",
-        conn_id=DB_CONN,
-        hook_params=hook_params(SCHEMA),
-        sql=[
-            "common/create_schema.sql", "common/create_sync_runs.sql", "common/create_sync_runs_index.sql",
-            "common/create_quarantine.sql", "common/create_quarantine_index.sql",
-            "intra42/create_users.sql", "intra42/create_users_login_idx.sql",
-            "intra42/create_users_email_idx.sql", "intra42/create_users_updated_at_idx.sql",
-            "intra42/create_users_delta.sql",
-        ],
-    )
+    create_tables = dag_parts.create_tables(DB_CONN, SCHEMA, "intra42", [
+        "create_users", "create_users_login_idx", "create_users_email_idx", "create_users_updated_at_idx",
+        "create_users_delta",
+    ])
 
     @task
     def choose_what_to_fetch(params=None, dag_run=None, data_interval_start=None, data_interval_end=None):

@@ -22,14 +22,11 @@ Connections: `portaildf_api` (http: host, login/password, extra `api_version` "1
 from __future__ import annotations
 
 import functools
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
-from airflow.providers.common.sql.operators.sql import SQLExecuteQueryOperator
-from airflow.providers.http.sensors.http import HttpSensor
 from airflow.sdk import CronTriggerTimetable, ObjectStoragePath, Param, dag, task
-from usersync import load, portaildf, report, staging
-from usersync.api import SENSOR_HEADERS
-from usersync.db import SQL_DIR, TargetDb, hook_params
+from usersync import dag_parts, load, portaildf, report, staging
+from usersync.db import SQL_DIR, TargetDb
 
 API_CONN, DB_CONN, SCHEMA = "portaildf_api", "portaildf_db", "portaildf"
 db = TargetDb(DB_CONN, SCHEMA, sync="portaildf")
@@ -42,13 +39,7 @@ db = TargetDb(DB_CONN, SCHEMA, sync="portaildf")
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
-    default_args={
-        "owner": "usersync",
-        "retries": 3,
-        "retry_delay": timedelta(minutes=1),
-        "retry_exponential_backoff": True,
-        "max_retry_delay": timedelta(minutes=30),
-    },
+    default_args=dag_parts.DEFAULT_ARGS,
     tags=["usersync", "portaildf", "users"],
     params={
         "dry_run": Param(False, type="boolean", description="Look everyone up and report the kind changes "
@@ -66,28 +57,11 @@ db = TargetDb(DB_CONN, SCHEMA, sync="portaildf")
     doc_md=__doc__,
 )
 def portaildf_user_kind():
-    api_available = HttpSensor(
-        task_id="api_available",
-        http_conn_id=API_CONN,
-        headers=SENSOR_HEADERS,
-        endpoint="api/utilisateurs",
-        extra_options={"check_response": False},
-        response_check=lambda response: response.status_code in (200, 401, 403),  # up, whatever it thinks of us
-        poke_interval=30,
-        timeout=600,
-        exponential_backoff=True,
-    )
+    # Without a token the API answers 401: it is up (the lookups check the credentials).
+    api_available = dag_parts.api_sensor(API_CONN, "api/utilisateurs", up=(200, 401, 403))
 
-    prepare_tables = SQLExecuteQueryOperator(
-        task_id="create_tables",
-        conn_id=DB_CONN,
-        hook_params=hook_params(SCHEMA),
-        sql=[
-            "common/create_schema.sql", "common/create_sync_runs.sql", "common/create_sync_runs_index.sql",
-            "common/create_quarantine.sql", "common/create_quarantine_index.sql",
-            "portaildf/check_users_table.sql", "portaildf/create_users_delta.sql",
-        ],
-    )
+    create_tables = dag_parts.create_tables(DB_CONN, SCHEMA, "portaildf",
+                                            ["check_users_table", "create_users_delta"])
 
     @task
     def select_users(params=None, dag_run=None) -> list[str]:
@@ -139,7 +113,7 @@ def portaildf_user_kind():
         return report.publish(db, run)
 
     chunks = select_users()
-    [api_available, prepare_tables] >> chunks
+    [api_available, create_tables] >> chunks
     looked_up = look_up_chunk.expand(chunk=chunks)
     staged = stage_answers(looked_up)
     written = update_kinds(staged)

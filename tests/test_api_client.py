@@ -151,3 +151,71 @@ def test_a_page_without_readable_ids_stops_the_walk_instead_of_looping(api, intr
 
     with pytest.raises(ApiError, match="no readable id"):
         intra42.users_paginator(NoIds(), 21, STUDENTS_ONLY, per_page=10)({"after_id": 0})
+
+
+def test_a_client_taking_over_waits_for_the_places_its_predecessor_still_holds():
+    import time
+
+    before = RateLimiter([(3, 0.5), (100, 3600.0)])
+    for _ in range(3):
+        before.release(before.acquire())
+    after = RateLimiter([(3, 0.5), (100, 3600.0)])
+    after.continue_from(before.history())
+    started = time.monotonic()
+    after.release(after.acquire())
+    assert time.monotonic() - started >= 0.4  # the predecessor's 3 calls filled the half-second window
+
+    fresh = RateLimiter([(3, 0.5)])
+    started = time.monotonic()
+    fresh.release(fresh.acquire())
+    assert time.monotonic() - started < 0.1
+
+
+def test_sensors_do_not_send_the_extras_usersync_reads(gazelle_sandbox):
+    import requests
+    from airflow.providers.http.hooks.http import HttpHook
+    from usersync.api import SENSOR_HEADERS
+
+    session = HttpHook(http_conn_id="gazelle_api").get_conn()  # extras: refresh_token, rate_limit, ...
+    assert "refresh_token" in session.headers  # what HttpHook does with extras
+    prepared = session.prepare_request(requests.Request("GET", "http://example.invalid/", headers=SENSOR_HEADERS))
+    assert not {"refresh_token", "rate_limit", "backoff", "max_retries"} & {h.lower() for h in prepared.headers}
+
+
+def test_concurrent_gazelle_clients_share_one_rotation(gazelle_sandbox):
+    """Two clients start from the same saved state: the first refreshes, the second adopts its token; one
+    whose refresh token was rotated by another meanwhile (invalid_grant) adopts the newer saved one."""
+    from usersync import gazelle
+    from usersync.graphql_api import execute
+
+    class Store:
+        state = None
+
+        def load(self):
+            return self.state
+
+        def save(self, state):
+            self.state = dict(state)
+
+    gazelle_sandbox.control("reset")
+    store, query = Store(), "{ allUsers(first: 1) { nodes { id } } }"
+    first, second = gazelle.client("gazelle_api", store), gazelle.client("gazelle_api", store)
+    execute(first, gazelle.GRAPHQL_PATH, query, {})
+    assert execute(second, gazelle.GRAPHQL_PATH, query, {})["allUsers"]["nodes"]
+    assert gazelle_sandbox.state()["refreshes"] == 1  # one refresh served both
+
+    stale = {**store.state, "expires_at": 0}  # what a third task read before the first rotated it again
+    gazelle_sandbox.control("expire_tokens")
+    execute(first, gazelle.GRAPHQL_PATH, query, {})  # 401 -> refresh -> the rotation is saved
+
+    class Behind(Store):
+        reads = 0
+
+        def load(self):
+            self.reads += 1
+            return stale if self.reads == 1 else store.state
+
+    third = gazelle.client("gazelle_api", Behind())
+    third.auth.ADOPT_WAITS = (0.01,)
+    assert execute(third, gazelle.GRAPHQL_PATH, query, {})["allUsers"]["nodes"]  # invalid_grant, then adopts
+    assert gazelle_sandbox.state()["refreshes"] == 2

@@ -178,7 +178,8 @@ def test_default_connections_point_at_sandbox_and_target_db() -> None:
     assert (portaildf["host"], portaildf["extra"]["api_version"]) == ("http://sandbox:8043", "1")
     gazelle = json.loads(env["AIRFLOW_CONN_GAZELLE_API"])
     assert gazelle["host"] == "http://sandbox:8044" and gazelle["extra"]["refresh_token"]
-    from sandbox import gazelle as gazelle_sandbox, portaildf as portaildf_sandbox
+    from sandbox import gazelle as gazelle_sandbox
+    from sandbox import portaildf as portaildf_sandbox
 
     assert (portaildf["login"], portaildf["password"]) == (portaildf_sandbox.DEFAULT_USERNAME,
                                                           portaildf_sandbox.DEFAULT_PASSWORD)

@@ -180,6 +180,29 @@ class OAuth2ClientCredentials:
         log.info("obtained an access token valid %ss", body.get("expires_in", "?"))
 
 
+class TokenStateStore(Protocol):
+    def load(self) -> dict[str, Any] | None: ...
+
+    def save(self, state: dict[str, Any]) -> None: ...
+
+
+class VariableStore:
+    """Token state in an Airflow Variable (from a running task)."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def load(self) -> dict[str, Any] | None:
+        from airflow.sdk import Variable
+
+        return json.loads(Variable.get(self.key, default="null") or "null")
+
+    def save(self, state: dict[str, Any]) -> None:
+        from airflow.sdk import Variable
+
+        Variable.set(self.key, json.dumps(state), description="usersync: rotating OAuth token state")
+
+
 class OAuth2RotatingRefreshToken:
     """OAuth2 refresh-token grant, for APIs whose refresh tokens rotate (each refresh revokes the one used).
 
@@ -193,8 +216,8 @@ class OAuth2RotatingRefreshToken:
 
     ADOPT_WAITS = (0.5, 1, 2, 4)  # seconds to wait for a concurrent refresh to be saved
 
-    def __init__(self, conn_id: str, default_token_path: str = "/oauth/token") -> None:
-        self.key = f"{conn_id}_oauth_token"
+    def __init__(self, conn_id: str, default_token_path: str = "/oauth/token", store: TokenStateStore | None = None):
+        self.store = store or VariableStore(f"{conn_id}_oauth_token")
         self.default_token_path = default_token_path
         self.state: dict[str, Any] | None = None
         self.lock = threading.Lock()
@@ -211,13 +234,11 @@ class OAuth2RotatingRefreshToken:
 
     def _saved(self, client: ApiClient) -> dict[str, Any]:
         """The saved token state, unless the connection's refresh token is newer (a re-authorization)."""
-        from airflow.sdk import Variable
-
         granted = client.extras.get("refresh_token")
         if not granted:
             raise AuthError(f"connection {client.conn_id}: extra refresh_token is missing")
         origin = hashlib.sha256(granted.encode()).hexdigest()[:16]
-        saved = json.loads(Variable.get(self.key, default="null") or "null")
+        saved = self.store.load()
         if saved and saved.get("origin") == origin:
             for token in (saved["refresh_token"], saved.get("access_token")):
                 if token:
@@ -227,8 +248,6 @@ class OAuth2RotatingRefreshToken:
         return {"origin": origin, "refresh_token": granted, "access_token": None, "expires_at": 0}
 
     def _refresh(self, client: ApiClient, stale: str | None) -> None:
-        from airflow.sdk import Variable
-
         waits = iter(self.ADOPT_WAITS)
         while True:
             saved = self._saved(client)
@@ -253,7 +272,7 @@ class OAuth2RotatingRefreshToken:
             self.state = {"origin": saved["origin"], "refresh_token": body["refresh_token"],
                           "access_token": body["access_token"],
                           "expires_at": time.time() + float(body.get("expires_in", 3600))}
-            Variable.set(self.key, json.dumps(self.state), description="usersync: rotating OAuth token state")
+            self.store.save(self.state)
             client.stats.add(token_renewals=1)
             log.info("refreshed the access token (valid %ss); saved the rotated refresh token",
                      body.get("expires_in", "?"))
