@@ -159,12 +159,14 @@ class Faults:
     burst_429: int = 0  # the next N API requests get 429 whatever the rate limit says
     burst_retry_after: float = 1.0  # Retry-After sent with those burst 429s
     latency: float = 0.0  # seconds added to every API response
+    slow_rate: float = 0.0  # fraction of API requests that also hang `slow_seconds` (client timeouts)
+    slow_seconds: float = 5.0
     truncate_rate: float = 0.0  # fraction of 200 responses whose body is cut in the middle
     duplicate_rate: float = 0.0  # fraction of list pages that repeat 1-3 records of the previous page
     corrupt_rate: float = 0.0  # fraction of listed records sent with a field of the wrong type or missing
     seed: int = 0  # seed of the fault RNG
 
-    _RATES = ("error_rate", "truncate_rate", "duplicate_rate", "corrupt_rate")
+    _RATES = ("error_rate", "truncate_rate", "duplicate_rate", "corrupt_rate", "slow_rate")
 
     def update(self, values: dict[str, object]) -> None:
         """Set fields from a JSON-like dict, validating names, types and ranges (ValueError)."""
@@ -288,9 +290,9 @@ class Sandbox:
             self._rolls += 1
             f = self.faults
             rnd = random.Random(f"{f.seed}:{n}")
-            error, status, cut, where, dup, count = (rnd.random() for _ in range(6))
+            error, status, cut, where, dup, count, slow = (rnd.random() for _ in range(7))
             return FaultRoll(
-                latency=f.latency,
+                latency=f.latency + (f.slow_seconds if slow < f.slow_rate else 0.0),
                 error_status=(500, 502, 503)[int(status * 3)] if error < f.error_rate else None,
                 truncate_at=0.2 + 0.6 * where if cut < f.truncate_rate else None,
                 duplicates=1 + int(count * 3) if dup < f.duplicate_rate else 0,
@@ -471,6 +473,8 @@ def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]
 def add_fault_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("faults (also settable at runtime: POST /_sandbox/faults)")
     group.add_argument("--latency", type=float, default=0.0, help="seconds added to each API response")
+    group.add_argument("--slow-rate", type=float, default=0.0, help="fraction of API requests that hang")
+    group.add_argument("--slow-seconds", type=float, default=5.0, help="how long those hang")
     group.add_argument("--error-rate", type=float, default=0.0, help="fraction of API requests answered 5xx")
     group.add_argument("--burst-429", type=int, default=0, help="the next N API requests get 429")
     group.add_argument("--burst-retry-after", type=float, default=1.0, help="Retry-After of burst 429s")
@@ -487,6 +491,8 @@ def faults_from_args(args: argparse.Namespace) -> Faults:
     faults.update(
         {
             "latency": args.latency,
+            "slow_rate": args.slow_rate,
+            "slow_seconds": args.slow_seconds,
             "error_rate": args.error_rate,
             "burst_429": args.burst_429,
             "burst_retry_after": args.burst_retry_after,

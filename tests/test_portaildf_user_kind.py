@@ -137,6 +137,17 @@ def test_5xx_timeouts_and_429_bursts_end_with_the_fault_free_table(portaildf, sq
     assert stats["errors_injected"] > 0 and stats["throttled_burst"] == 4
 
 
+def test_lookups_that_time_out_are_retried_to_the_fault_free_table(portaildf, sql):
+    conn = json.loads(portaildf_conn(portaildf.url))
+    os.environ["AIRFLOW_CONN_PORTAILDF_API"] = json.dumps({**conn, "extra": {**conn["extra"], "timeout": 0.3}})
+    portaildf.control("faults", {"slow_rate": 0.05, "slow_seconds": 1.0, "seed": 3})
+    _, report = sync({"limit": 120})
+    assert report["retries"] > 0 and report["failed"] == 0
+    expected = portaildf.data.expected_kinds()
+    assert {i: k for i, k in kinds(sql).items() if k} == {i: expected[i] for i, k in kinds(sql).items() if k}
+    assert sum(1 for k in kinds(sql).values() if k) == report["updated"] > 0
+
+
 def test_a_lookup_that_keeps_failing_is_reported_and_the_rest_land(portaildf, sql):
     os.environ["AIRFLOW_CONN_PORTAILDF_API"] = portaildf_conn(portaildf.url, max_retries="0")
     portaildf.control("faults", {"error_rate": 0.2, "seed": 11})
