@@ -289,8 +289,7 @@ class ApiClient:
         self.conn_id = conn_id
         self.auth = auth
         self.stats = CallStats()
-        self._hook = HttpHook(method="GET", http_conn_id=conn_id)
-        connection = self._hook.get_connection(conn_id)
+        connection = HttpHook.get_connection(conn_id)
         self.login, self.password = connection.login, connection.password
         if self.password:
             mask_secret(self.password)
@@ -306,8 +305,9 @@ class ApiClient:
     def session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
         if session is None:
-            session = self._hook.get_conn()
-            self.base_url = self._hook.base_url.rstrip("/")
+            hook = HttpHook(method="GET", http_conn_id=self.conn_id)  # per thread: a hook's adapter is one pool
+            session = hook.get_conn()
+            self.base_url = hook.base_url.rstrip("/")
             session.auth = None  # HttpHook would send login/password as basic auth on every call
             for key in CLIENT_EXTRAS:
                 session.headers.pop(key, None)
