@@ -109,6 +109,7 @@ def gazelle_sync():
         if stream.delta and not params["full_refresh"]:
             watermark = db.query(f"watermark_{stream.entity}")["watermark"]
         api = gazelle.client(API_CONN)
+        api.limiter.divide(len(params["entities"]))  # the fetches run at the same time on one account's limit
         day = run_date({**context, "dag_run": dag_run})
         pages = gazelle.paginator(api, stream, day, watermark, params["page_size"])
         prefix = staging.run_prefix(dag_run.dag_id, dag_run.run_id, stream.entity)

@@ -49,9 +49,9 @@ db = TargetDb(DB_CONN, SCHEMA, sync="intra42")
     doc_md=__doc__,
 )
 def intra42_users():
-    # The token endpoint answers 200 only when the API is up and the credentials are good.
-    api_available = dag_parts.api_sensor(
-        API_CONN, "oauth/token", method="POST", request_params={"grant_type": "client_credentials"})
+    # The token endpoint answers 200 only when the API is up and the credentials (sent as basic auth) are good.
+    api_available = dag_parts.api_sensor(API_CONN, "oauth/token", method="POST", send_login=True,
+                                         request_params={"grant_type": "client_credentials"})
 
     create_tables = dag_parts.create_tables(DB_CONN, SCHEMA, "intra42", [
         "create_users", "create_users_login_idx", "create_users_email_idx", "create_users_updated_at_idx",

@@ -219,3 +219,25 @@ def test_concurrent_gazelle_clients_share_one_rotation(gazelle_sandbox):
     third.auth.ADOPT_WAITS = (0.01,)
     assert execute(third, gazelle.GRAPHQL_PATH, query, {})["allUsers"]["nodes"]  # invalid_grant, then adopts
     assert gazelle_sandbox.state()["refreshes"] == 2
+
+
+def test_the_sensor_sends_the_password_only_where_asked(gazelle_sandbox):
+    import requests
+    from airflow.providers.http.hooks.http import HttpHook
+    from usersync.dag_parts import api_sensor
+
+    for send_login, expect_basic in ((False, False), (True, True)):
+        sensor = api_sensor("gazelle_api", "graphql/private/", send_login=send_login)
+        session = HttpHook(http_conn_id="gazelle_api").get_conn()
+        request = requests.Request("GET", "http://example.invalid/", headers=sensor.headers,
+                                   **sensor.request_kwargs)
+        prepared = session.prepare_request(request)
+        assert ("Authorization" in prepared.headers) is expect_basic
+
+
+def test_a_divided_limiter_keeps_to_its_share():
+    limiter = RateLimiter([(10, 1.0), (1200, 3600.0)])
+    limiter.divide(4)
+    assert limiter.limits == [(2, 1.0), (300, 3600.0)]
+    limiter.divide(1000)
+    assert limiter.limits == [(1, 1.0), (1, 3600.0)]

@@ -98,6 +98,11 @@ class RateLimiter:
         with self.lock:
             slot[0] = time.monotonic()
 
+    def divide(self, clients: int) -> None:
+        """Keep to 1/`clients` of every limit: for clients that run at the same time on one account."""
+        with self.lock:
+            self.limits = [(max(1, count // clients), period) for count, period in self.limits]
+
     def history(self) -> list[float]:
         """When the calls that still hold places were answered (epoch seconds), for a client taking over."""
         with self.lock:

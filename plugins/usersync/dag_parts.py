@@ -24,9 +24,17 @@ COMMON_TABLES = ("common/create_schema.sql", "common/create_sync_runs.sql", "com
 NOT_YET = {404, 429, *RETRYABLE_STATUS}  # the API is starting, overloaded or down: poke again
 
 
+def _without_credentials(request):
+    return request  # as requests' `auth`: replaces the basic auth HttpHook builds from login/password
+
+
 def api_sensor(conn_id: str, endpoint: str, *, up: Sequence[int] = (200,), method: str = "GET",
-               **kwargs: Any) -> HttpSensor:
-    """Wait until the API answers one of the `up` statuses; another answer (e.g. refused credentials) fails."""
+               send_login: bool = False, **kwargs: Any) -> HttpSensor:
+    """Wait until the API answers one of the `up` statuses; another answer (e.g. refused credentials) fails.
+
+    The connection's login/password go along (as basic auth) only with `send_login`, for a token endpoint
+    that takes them that way.
+    """
 
     def check(response) -> bool:
         if response.status_code in up:
@@ -38,6 +46,7 @@ def api_sensor(conn_id: str, endpoint: str, *, up: Sequence[int] = (200,), metho
     return HttpSensor(
         task_id="api_available", http_conn_id=conn_id, method=method, endpoint=endpoint.lstrip("/"),
         headers=SENSOR_HEADERS, extra_options={"check_response": False}, response_check=check,
+        request_kwargs=None if send_login else {"auth": _without_credentials},
         poke_interval=30, timeout=600, exponential_backoff=True, **kwargs,
     )
 
