@@ -32,6 +32,7 @@ from usersync.graphql_api import first_page
 
 API_CONN, DB_CONN, SCHEMA = "gazelle_api", "gazelle_db", "gazelle"
 ENTITIES = list(gazelle.STREAMS)
+WINDOW_MAX_REMOVED = 0.5  # a window's re-sync refuses to remove more of its rows: the answer looks truncated
 db = TargetDb(DB_CONN, SCHEMA, sync="gazelle")
 
 
@@ -52,9 +53,10 @@ def entity_figures(ti, entity: str) -> dict:
     staged = ti.xcom_pull(task_ids=f"stage_{entity}") or {}
     written = ti.xcom_pull(task_ids=f"upsert_{entity}") or {}
     return {"fetched": fetched["records"], "pages": fetched["pages"], "api_calls": fetched["api_calls"],
-            "throttled": fetched["throttled"], "retries": fetched["retries"], "since": fetched["since"],
+            "throttled": fetched["throttled"], "retries": fetched["retries"],
+            **({"window": fetched["window"]} if fetched["window"] else {"since": fetched["since"]}),
             **{k: v for k, v in staged.items() if k != "received"},
-            **{k: v for k, v in written.items() if k != "marked_deleted"}}
+            **{k: v for k, v in written.items() if k != "marked_deleted" or fetched["window"]}}
 
 
 @dag(
@@ -115,7 +117,7 @@ def gazelle_sync():
         prefix = staging.run_prefix(dag_run.dag_id, dag_run.run_id, stream.entity)
         fetched = staging.fetch_to_staging(prefix, pages, first_page(), api)
         return {**fetched, "since": watermark.isoformat() if watermark else "everything",
-                **(stream.window(day) if stream.window else {})}
+                "window": stream.window(day) if stream.window else None}
 
     @task(trigger_rule="none_failed")  # runs when its fetch ran, whatever the entities it waits for did
     def stage(entity: str, ti=None, dag_run=None) -> dict:
@@ -129,9 +131,11 @@ def gazelle_sync():
     def upsert(entity: str, ti=None, params=None, dag_run=None) -> dict:
         if ti.xcom_pull(task_ids=f"stage_{entity}") is None:
             raise AirflowSkipException(f"{entity} was not staged in this run")
-        stream = gazelle.STREAMS[entity]
+        stream, window = gazelle.STREAMS[entity], ti.xcom_pull(task_ids=f"fetch_{entity}")["window"]
+        # A window's fetch is all the API has in it: what the table holds there and the API lacks goes.
         return load.upsert(db, stream.entity, run_id=dag_run.run_id, dry_run=params["dry_run"],
-                           children=stream.children)
+                           children=stream.children, full_refresh=window is not None, scope=window,
+                           max_delete_share=WINDOW_MAX_REMOVED)
 
     @task(trigger_rule="none_failed")
     def report_run(ti=None, params=None, dag_run=None) -> dict:

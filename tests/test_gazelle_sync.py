@@ -138,6 +138,21 @@ def test_appointment_and_timeline_windows_follow_the_logical_date(gazelle, sql):
     assert first.date() == event_window(last_week)[0] and last.date() <= event_window(RUN_AT)[1]
 
 
+def test_a_window_mirrors_the_api_events_gone_from_it_are_removed(gazelle, sql):
+    sync()
+    start_on, end_on = event_window(RUN_AT)
+    inside = datetime.combine(start_on, time(10), tzinfo=UTC)
+    outside = datetime.combine(start_on - timedelta(days=1), time(10), tzinfo=UTC)
+    for event_id, start in (("evt_cancelled_upstream", inside), ("evt_of_an_older_window", outside)):
+        sql(f"INSERT INTO {SCHEMA}.events (id, start, piano_ids) VALUES (%s, %s, '{{}}')", (event_id, start))
+
+    report = sync({"entities": ["appointments"]})
+    assert report["appointments"]["marked_deleted"] == 1
+    assert "evt_cancelled_upstream" not in ids(sql, "events")
+    assert "evt_of_an_older_window" in ids(sql, "events")  # outside this run's window: left alone
+    assert ids(sql, "events") - {"evt_of_an_older_window"} == {e["id"] for e in gazelle.data.events(start_on, end_on)}
+
+
 def test_an_expired_token_is_refreshed_mid_run_and_the_rotated_token_kept(gazelle, sql):
     from airflow.models import Variable
 

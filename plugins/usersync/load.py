@@ -67,16 +67,21 @@ def upsert(
     max_delete_share: float = 0.10,
     dry_run: bool = False,
     children: Sequence[str] = (),
+    scope: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Apply <entity>_delta to <entity>, then each child's delta to its table (their figures prefixed with
-    the child's name), in one transaction (rolled back on a dry run or any failure)."""
+    the child's name), in one transaction (rolled back on a dry run or any failure).
+
+    `full_refresh`: the delta holds everything the source has (within `scope`, e.g. a date window, passed to
+    mark_deleted_<entity>.sql), so the rows it lacks are marked deleted, or removed, per that statement.
+    """
     with db.transaction() as cur:
         counts = _upsert_one(db, cur, entity)
         for child in children:
             counts.update({f"{child}_{k}": v for k, v in _upsert_one(db, cur, child).items()})
         counts["marked_deleted"] = 0
         if full_refresh:
-            marked = db.run(cur, f"mark_deleted_{entity}", {"run_id": run_id, "entity": entity})
+            marked = db.run(cur, f"mark_deleted_{entity}", {"run_id": run_id, "entity": entity, **(scope or {})})
             share = marked["marked"] / max(marked["active_before"], 1)
             if share > max_delete_share:
                 raise DeletionGuardError(
