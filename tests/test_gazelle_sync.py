@@ -153,6 +153,19 @@ def test_a_window_mirrors_the_api_events_gone_from_it_are_removed(gazelle, sql):
     assert ids(sql, "events") - {"evt_of_an_older_window"} == {e["id"] for e in gazelle.data.events(start_on, end_on)}
 
 
+def test_contacts_a_synced_client_no_longer_lists_are_removed(gazelle, sql):
+    sync()
+    edited = gazelle.control("mutate", {"k": 1})["ids"][0]
+    sql(f"INSERT INTO {SCHEMA}.contacts (id, client_id, is_default) VALUES ('con_gone', %s, false)", (edited,))
+    other = gazelle.data.clients(sort_by="UPDATED_AT_ASC")[0]["id"]  # far behind the delta walk's first page
+    sql(f"INSERT INTO {SCHEMA}.contacts (id, client_id, is_default) VALUES ('con_kept', %s, false)", (other,))
+
+    report = sync({"entities": ["clients"]})
+    assert report["clients"]["contacts_removed"] == 1
+    assert "con_gone" not in ids(sql, "contacts")
+    assert "con_kept" in ids(sql, "contacts")  # its client was not read again in this delta run
+
+
 def test_an_expired_token_is_refreshed_mid_run_and_the_rotated_token_kept(gazelle, sql):
     from airflow.models import Variable
 

@@ -8,6 +8,7 @@ Per entity a sync provides, in include/sql/<sync>/:
   mark_deleted_<entity>.sql (full refresh only) marks rows the source no longer returns;
                             returns marked/active_before
   watermark_<entity>.sql    (incremental syncs) the newest source timestamp the table now holds
+  prune_<child>.sql         (optional, nested entities) removes the children the upserted parents no longer list
   summary_<entity>.sql      (optional) figures about the table after the write, for the report (read in the
                             same transaction, so a dry run shows what the table would hold)
 """
@@ -78,7 +79,10 @@ def upsert(
     with db.transaction() as cur:
         counts = _upsert_one(db, cur, entity)
         for child in children:
-            counts.update({f"{child}_{k}": v for k, v in _upsert_one(db, cur, child).items()})
+            written = _upsert_one(db, cur, child)
+            if db.has_sql(f"prune_{child}"):  # the parents' records list all their children: drop the others
+                written.update(db.run(cur, f"prune_{child}"))
+            counts.update({f"{child}_{k}": v for k, v in written.items()})
         counts["marked_deleted"] = 0
         if full_refresh:
             marked = db.run(cur, f"mark_deleted_{entity}", {"run_id": run_id, "entity": entity, **(scope or {})})
