@@ -14,6 +14,7 @@ An API module builds its FastAPI app, creates one ``Sandbox`` (faults + stats + 
 from __future__ import annotations
 
 import argparse
+import base64
 import bisect
 import contextlib
 import dataclasses
@@ -27,6 +28,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
+from urllib.parse import parse_qsl, unquote
 
 import uvicorn
 from fastapi import APIRouter, FastAPI, Request
@@ -349,6 +351,33 @@ def injected_error(status: int) -> Response:
     reason = {502: "Bad Gateway", 503: "Service Temporarily Unavailable"}[status]
     html = f"<html><head><title>{status} {reason}</title></head><body><h1>{reason}</h1></body></html>\n"
     return Response(html, status_code=status, media_type="text/html")
+
+
+# --------------------------------------------------------------------------- OAuth requests
+
+
+async def oauth_params(request: Request) -> dict[str, str]:
+    """Token request parameters: query string, then a form or JSON body, then HTTP Basic client auth."""
+    params = dict(request.query_params)
+    body = await request.body()
+    if request.headers.get("content-type", "").startswith("application/json"):
+        try:
+            parsed = json.loads(body or b"{}")
+            if isinstance(parsed, dict):
+                params.update({k: str(v) for k, v in parsed.items() if v is not None})
+        except ValueError:
+            pass  # grant_type stays unset: answered invalid_request
+    else:
+        params.update(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("basic "):
+        try:
+            uid, _, secret = base64.b64decode(auth[6:].strip()).decode().partition(":")
+            params.setdefault("client_id", unquote(uid))
+            params.setdefault("client_secret", unquote(secret))
+        except ValueError:
+            pass
+    return params
 
 
 # --------------------------------------------------------------------------- control endpoints

@@ -30,7 +30,7 @@ import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
-from urllib.parse import parse_qsl, unquote, urlencode
+from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request
 from graphql import (
@@ -48,7 +48,7 @@ from graphql import (
 )
 from starlette.responses import RedirectResponse, Response
 
-from sandbox.common import Controls, Faults, Sandbox, TokenStore, install, json_response
+from sandbox.common import Controls, Faults, Sandbox, TokenStore, install, json_response, oauth_params
 
 DEFAULT_CLIENT_ID = "usersync-gazelle-client-id"
 DEFAULT_CLIENT_SECRET = "usersync-gazelle-client-secret"
@@ -1089,28 +1089,6 @@ class OAuthServer:
             return 200, self._issue(refresh["scope"])
 
 
-async def _form_params(request: Request) -> dict[str, str]:
-    """Token request parameters: query string, then a form or JSON body, then HTTP Basic client auth."""
-    params = dict(request.query_params)
-    body = await request.body()
-    if request.headers.get("content-type", "").startswith("application/json"):
-        try:
-            parsed = json.loads(body or b"{}")
-            if isinstance(parsed, dict):
-                params.update({k: str(v) for k, v in parsed.items() if v is not None})
-        except ValueError:
-            pass  # grant_type stays unset: answered invalid_request
-    else:
-        params.update(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
-    auth = request.headers.get("authorization", "")
-    if auth.lower().startswith("basic "):
-        try:
-            uid, _, secret = base64.b64decode(auth[6:].strip()).decode().partition(":")
-            params.setdefault("client_id", unquote(uid))
-            params.setdefault("client_secret", unquote(secret))
-        except ValueError:
-            pass
-    return params
 
 
 def _graphql_error(message: str, status: int = 400) -> Response:
@@ -1221,7 +1199,7 @@ def create_app(
 
     @app.post(TOKEN_PATH)
     async def token(request: Request) -> Response:
-        status, body = oauth.grant(await _form_params(request))
+        status, body = oauth.grant(await oauth_params(request))
         if status == 200:
             sandbox.stats.add("tokens_issued")
         elif status == 401:

@@ -8,12 +8,9 @@ page/filter/range/sort parameters, Link + X-Page/X-Per-Page/X-Total headers, 2 r
 from __future__ import annotations
 
 import asyncio
-import base64
 import bisect
-import contextlib
 import functools
 import hashlib
-import json
 import math
 import random
 import threading
@@ -25,12 +22,12 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from urllib.parse import parse_qsl, unquote, urlencode
+from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
-from sandbox.common import Controls, Faults, Sandbox, TokenStore, install, json_response
+from sandbox.common import Controls, Faults, Sandbox, TokenStore, install, json_response, oauth_params
 
 DEFAULT_CLIENT_ID = "usersync-sandbox-uid"
 DEFAULT_CLIENT_SECRET = "usersync-sandbox-secret"
@@ -633,22 +630,7 @@ def create_app(
     # -------------------------------------------------------------- OAuth
 
     async def issue_token(request: Request) -> Response:
-        params = dict(request.query_params)
-        body = await request.body()
-        if request.headers.get("content-type", "").startswith("application/json"):
-            # A malformed body leaves grant_type unset: answered invalid_request below.
-            with contextlib.suppress(ValueError, AttributeError):
-                params.update({k: str(v) for k, v in json.loads(body or b"{}").items()})
-        else:
-            params.update(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
-        auth = request.headers.get("authorization", "")
-        if auth.lower().startswith("basic "):
-            try:
-                uid, _, secret = base64.b64decode(auth[6:].strip()).decode().partition(":")
-                params.setdefault("client_id", unquote(uid))
-                params.setdefault("client_secret", unquote(secret))
-            except ValueError:
-                pass
+        params = await oauth_params(request)
         no_cache = {"Cache-Control": "no-store", "Pragma": "no-cache"}
         if params.get("grant_type") != "client_credentials":
             error = "invalid_request" if not params.get("grant_type") else "unsupported_grant_type"
