@@ -37,8 +37,8 @@ db = TargetDb(DB_CONN, SCHEMA, sync="gazelle")
 
 
 def run_date(context) -> datetime:
-    """The date a run is about (manual runs may have no logical date: then when it runs)."""
-    return context["logical_date"] or context["dag_run"].run_after
+    """The date a run is about (a manual run may have no logical date: then when it runs)."""
+    return context.get("logical_date") or context["dag_run"].run_after
 
 
 def first_of_the_month(context) -> bool:

@@ -207,3 +207,20 @@ def test_dry_run_writes_nothing(gazelle, sql):
     report = sync({"dry_run": True})
     assert report["dry_run"] and report["inserted"] > 0
     assert all(not ids(sql, table) for table in TABLES)
+
+
+def test_a_run_without_logical_date_is_about_when_it_runs():
+    """Manual runs triggered from the UI or the API may have no logical date (Airflow 3)."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    from dagrun import ROOT
+
+    spec = importlib.util.spec_from_file_location("gazelle_sync_dag", ROOT / "dags" / "gazelle_sync.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    when = datetime(2026, 12, 1, 9, tzinfo=UTC)
+    assert module.run_date({"dag_run": SimpleNamespace(run_after=when)}) == when
+    assert module.run_date({"logical_date": None, "dag_run": SimpleNamespace(run_after=when)}) == when
+    assert module.first_of_the_month({"dag_run": SimpleNamespace(run_after=when)})
+    assert module.run_date({"logical_date": RUN_AT, "dag_run": SimpleNamespace(run_after=when)}) == RUN_AT
