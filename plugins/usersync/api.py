@@ -173,10 +173,9 @@ class OAuth2ClientCredentials:
             self._fetch(client)
 
     def _fetch(self, client: ApiClient) -> None:
-        path = client.extras.get("token_path") or self.default_token_path
-        body, _ = client.obtain_token(
-            path, data={"grant_type": "client_credentials", "client_id": client.login,
-                        "client_secret": client.password},
+        body = client.obtain_token(
+            self.default_token_path, data={"grant_type": "client_credentials", "client_id": client.login,
+                                           "client_secret": client.password},
         )
         self.token = body["access_token"]
         mask_secret(self.token)
@@ -260,9 +259,8 @@ class OAuth2RotatingRefreshToken:
             if fresh and time.time() < saved["expires_at"] - 60:
                 self.state = saved  # another task (or an earlier one) already has a valid token
                 return
-            path = client.extras.get("token_path") or self.default_token_path
             try:
-                body, _ = client.obtain_token(path, data={
+                body = client.obtain_token(self.default_token_path, data={
                     "grant_type": "refresh_token", "refresh_token": saved["refresh_token"],
                     "client_id": client.login, "client_secret": client.password})
             except AuthError as exc:
@@ -379,10 +377,12 @@ class ApiClient:
             except ValueError as exc:
                 failures = self._back_off(failures, f"{method} {_path(response.url)}: unreadable JSON ({exc})")
 
-    def obtain_token(self, path: str, **kwargs: Any) -> tuple[Any, requests.Response]:
-        """An auth flow's unauthenticated token call; a refusal becomes AuthError."""
+    def obtain_token(self, default_path: str, **kwargs: Any) -> Any:
+        """An auth flow's unauthenticated token call (to extra `token_path`, else the flow's `default_path`);
+        returns the decoded answer. A refusal becomes AuthError."""
+        path = self.extras.get("token_path") or default_path
         try:
-            return self.fetch_json("POST", path, authenticated=False, **kwargs)
+            return self.fetch_json("POST", path, authenticated=False, **kwargs)[0]
         except AuthError:
             raise
         except ApiError as exc:

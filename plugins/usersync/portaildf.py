@@ -44,11 +44,10 @@ class PasswordToken:
             self._fetch(client)
 
     def _fetch(self, client: ApiClient) -> None:
-        path = client.extras.get("token_path") or self.path
-        body, _ = client.obtain_token(path, json={"username": client.login, "password": client.password})
+        body = client.obtain_token(self.path, json={"username": client.login, "password": client.password})
         token = body.get(self.field) if isinstance(body, dict) else None
         if not token:
-            raise AuthError(f"POST {path}: no {self.field!r} in the answer")
+            raise AuthError(f"the token answer has no {self.field!r}")
         mask_secret(token)
         self.token = token
         client.stats.add(token_renewals=1)
