@@ -66,9 +66,7 @@ def fetch_to_staging(
     prefix: ObjectStoragePath, paginate: Paginator, first: dict[str, Any], client: ApiClient
 ) -> dict[str, Any]:
     """Stage every page from `first` on; resume where a previous try stopped. Returns the manifest."""
-    manifest = read_json(prefix / "_manifest.json")
-    if manifest:
-        log.info("already staged by an earlier try: %s pages, %s records", manifest["pages"], manifest["records"])
+    if manifest := _staged_earlier(prefix):
         return manifest
     prefix.mkdir(parents=True, exist_ok=True)
     progress = read_json(prefix / "_progress.json") or {
@@ -104,9 +102,7 @@ def fan_out_to_staging(
     nothing is staged and the task fails (to be retried). A retried task redoes the batch unless an earlier
     try finished it.
     """
-    manifest = read_json(prefix / "_manifest.json")
-    if manifest:
-        log.info("already staged by an earlier try: %s records", manifest["records"])
+    if manifest := _staged_earlier(prefix):
         return manifest
     prefix.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -117,6 +113,14 @@ def fan_out_to_staging(
     write_ndjson(prefix / "page-000001.ndjson", answers)
     log.info("staged %d answers from %d workers in %.1fs", len(answers), num_workers, time.time() - started)
     return _finish(prefix, started, 1, len(answers), client.stats.as_dict())
+
+
+def _staged_earlier(prefix: ObjectStoragePath) -> dict[str, Any] | None:
+    """The manifest an earlier try of the task wrote when it staged everything (a retry has nothing to do)."""
+    manifest = read_json(prefix / "_manifest.json")
+    if manifest:
+        log.info("already staged by an earlier try: %s pages, %s records", manifest["pages"], manifest["records"])
+    return manifest
 
 
 def _finish(prefix: ObjectStoragePath, started_epoch: float, pages: int, records: int,
