@@ -45,6 +45,14 @@ def first_of_the_month(context) -> bool:
     return run_date(context).day == 1
 
 
+def returned_by(ti, task_id: str) -> dict:
+    """What an earlier task of this run returned; this task is skipped when that one did not run."""
+    value = ti.xcom_pull(task_ids=task_id)
+    if value is None:
+        raise AirflowSkipException(f"{task_id} did not run in this run")
+    return value
+
+
 def entity_figures(ti, entity: str) -> dict:
     """One entity's line in the report, from what its tasks returned."""
     fetched = ti.xcom_pull(task_ids=f"fetch_{entity}")
@@ -103,7 +111,7 @@ def gazelle_sync():
     users_already_synced = EmptyOperator(task_id="users_already_synced")
 
     @task
-    def fetch(entity: str, params=None, dag_run=None, **context) -> dict:
+    def fetch(entity: str, params=None, **context) -> dict:
         if entity not in params["entities"]:
             raise AirflowSkipException(f"{entity} is not in this run's entities")
         stream = gazelle.STREAMS[entity]
@@ -112,7 +120,7 @@ def gazelle_sync():
             watermark = db.query(f"watermark_{stream.entity}")["watermark"]
         api = gazelle.client(API_CONN)
         api.limiter.divide(len(params["entities"]))  # the fetches run at the same time on one account's limit
-        day = run_date({**context, "dag_run": dag_run})
+        day, dag_run = run_date(context), context["dag_run"]
         pages = gazelle.paginator(api, stream, day, watermark, params["page_size"])
         prefix = staging.run_prefix(dag_run.dag_id, dag_run.run_id, stream.entity)
         fetched = staging.fetch_to_staging(prefix, pages, first_page(), api)
@@ -121,17 +129,12 @@ def gazelle_sync():
 
     @task(trigger_rule="none_failed")  # runs when its fetch ran, whatever the entities it waits for did
     def stage(entity: str, ti=None, dag_run=None) -> dict:
-        fetched = ti.xcom_pull(task_ids=f"fetch_{entity}")
-        if fetched is None:
-            raise AirflowSkipException(f"{entity} was not fetched in this run")
-        stream = gazelle.STREAMS[entity]
+        stream, fetched = gazelle.STREAMS[entity], returned_by(ti, f"fetch_{entity}")
         return load.stage(db, stream.entity, fetched["prefix"], dag_run.run_id, children=stream.children)
 
     @task(trigger_rule="none_failed")
     def upsert(entity: str, ti=None, params=None, dag_run=None) -> dict:
-        if ti.xcom_pull(task_ids=f"stage_{entity}") is None:
-            raise AirflowSkipException(f"{entity} was not staged in this run")
-        stream, window = gazelle.STREAMS[entity], ti.xcom_pull(task_ids=f"fetch_{entity}")["window"]
+        stream, window = gazelle.STREAMS[entity], returned_by(ti, f"fetch_{entity}")["window"]
         # A window's fetch is all the API has in it: what the table holds there and the API lacks goes.
         return load.upsert(db, stream.entity, run_id=dag_run.run_id, dry_run=params["dry_run"],
                            children=stream.children, full_refresh=window is not None, scope=window,
