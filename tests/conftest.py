@@ -71,6 +71,22 @@ def sql(pg):
     return run
 
 
+@pytest.fixture
+def url(sandbox):
+    """For a module whose `sandbox` fixture yields (url, app): the URL, with the sandbox reset (data, faults)."""
+    import requests
+
+    url, _ = sandbox
+    requests.post(f"{url}/_sandbox/reset", timeout=5).raise_for_status()
+    return url
+
+
+@pytest.fixture
+def data(sandbox, url):
+    """The reset sandbox's data: the ground truth."""
+    return sandbox[1].state.data
+
+
 @pytest.fixture(scope="session")
 def intra42_sandbox():
     """The 42 sandbox on a free port; AIRFLOW_CONN_INTRA42_API points at it with a fast rate limit."""

@@ -61,17 +61,6 @@ def sandbox():
         yield url, app
 
 
-@pytest.fixture
-def url(sandbox):
-    url, _ = sandbox
-    requests.post(f"{url}/_sandbox/reset", timeout=5).raise_for_status()
-    return url
-
-
-@pytest.fixture
-def data(sandbox, url) -> GazelleData:
-    return sandbox[1].state.data
-
 
 def gql(url: str, query: str, variables: dict | None = None, headers: dict | None = None) -> requests.Response:
     body = {"query": query} if variables is None else {"query": query, "variables": variables}

@@ -35,17 +35,6 @@ def sandbox():
         yield url, app
 
 
-@pytest.fixture
-def url(sandbox):
-    url, _ = sandbox
-    requests.post(f"{url}/_sandbox/reset", timeout=5).raise_for_status()
-    return url
-
-
-@pytest.fixture
-def data(sandbox, url) -> Intra42Data:
-    return sandbox[1].state.data
-
 
 def get_token(url: str) -> str:
     response = requests.post(f"{url}/oauth/token", data=CREDENTIALS, timeout=5)

@@ -45,17 +45,6 @@ def sandbox():
         yield url, app
 
 
-@pytest.fixture
-def url(sandbox):
-    url, _ = sandbox
-    requests.post(f"{url}/_sandbox/reset", timeout=5).raise_for_status()
-    return url
-
-
-@pytest.fixture
-def data(sandbox, url) -> PortailDFData:
-    return sandbox[1].state.data
-
 
 def v1_token(url: str) -> str:
     response = requests.post(f"{url}/api/api-token-auth/", data=CREDENTIALS, timeout=5)
