@@ -117,8 +117,35 @@ def _gazelle(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(build=build)
 
 
+def _grist(sub: argparse._SubParsersAction) -> None:
+    from sandbox import grist
+
+    parser = sub.add_parser("grist", help="Grist REST API", description="Grist REST API sandbox (grist-core)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8484, help="0 picks a free port")
+    parser.add_argument("--api-key", default=grist.DEFAULT_API_KEY)
+    parser.add_argument("--doc", action="append", help=f"a document id (repeatable; default {grist.DEFAULT_DOC_ID})")
+    parser.add_argument("--max-in-flight", type=int, default=grist.MAX_IN_FLIGHT, help="per document, then 429")
+    parser.add_argument("--max-body-bytes", type=int, default=grist.MAX_BODY_BYTES, help="then 413")
+    parser.add_argument("--upsert-returns-null", action="store_true", help="PUT /records answers null (< 1.7.13)")
+    add_fault_arguments(parser)
+
+    def build(args: argparse.Namespace):
+        return grist.create_app(
+            grist.GristData(tuple(args.doc or [grist.DEFAULT_DOC_ID])),
+            api_key=args.api_key,
+            max_in_flight=args.max_in_flight,
+            max_body_bytes=args.max_body_bytes,
+            upsert_returns_ids=not args.upsert_returns_null,
+            faults=faults_from_args(args),
+        )
+
+    parser.set_defaults(build=build)
+
+
 # One entry per API; later APIs add theirs here.
 _APIS = [_intra42, _portaildf, _gazelle]
+_APIS.append(_grist)
 
 
 def main(argv: list[str] | None = None) -> int:
