@@ -155,7 +155,7 @@ def _parse_datetime(text: str, tz: str) -> float | None:
 
 def _list_items(value: object, parse: bool) -> list | None:
     """The items of a list cell value, or None if `value` is not a list."""
-    if isinstance(value, list) and value[:1] == ["L"]:
+    if isinstance(value, list) and value[:1] in (["L"], []):
         return value[1:]
     if parse and isinstance(value, str):
         text = value.strip()
