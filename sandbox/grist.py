@@ -928,21 +928,24 @@ def create_app(
         record_ids: list[list[int]] = [[] for _ in records]
         added: list[int] = []
         updated: list[list[int]] = []
+        plans = []  # checked before anything is written: Grist applies the actions of a call together
         for (require_keys, field_keys), members in groups.items():
             if not require_keys and not allow_empty:
                 raise GristError(400, "[Sandbox] ValueError require is empty but allow_empty_require isn't set")
-            if not require_keys and not field_keys:
-                continue
             wanted = [
-                {
-                    k: (v if k == "id" else convert(table.columns[k].type, v, parse))
-                    for k, v in records[i]["require"].items()
-                }
+                key_of(
+                    [
+                        v if k == "id" else convert(table.columns[k].type, v, parse)
+                        for k, v in sorted(records[i]["require"].items())
+                    ]
+                )
                 for i in members
             ]
-            wanted_keys = [key_of([w[k] for k in require_keys]) for w in wanted]
-            if require_keys and len(set(wanted_keys)) < len(wanted):
+            if require_keys and len(set(wanted)) < len(wanted):
                 raise GristError(400, "[Sandbox] ValueError require values must be unique")
+            if require_keys or field_keys:
+                plans.append((require_keys, members, wanted))
+        for require_keys, members, wanted_keys in plans:
             adds, updates = [], []
             index = document.index(table, require_keys)
             for i, wanted_key in zip(members, wanted_keys, strict=True):
