@@ -196,8 +196,8 @@ class GristClient:
         their type, label and choices), choices missing from a Choice/ChoiceList column are appended. Columns
         nobody declared (a person's) are kept; a column whose type differs is reported, never retyped."""
         for table, columns in tables.items():
-            for name in (table, *(c.id for c in columns)):
-                wanted = grist_id(name, table=name == table)
+            names = [(table, grist_id(table, table=True))] + [(c.id, grist_id(c.id)) for c in columns]
+            for name, wanted in names:
                 if name != wanted or name in ("id", "manualSort"):
                     raise ValueError(
                         f"{name!r} is not a Grist id (Grist would call it {wanted!r}; id and manualSort are taken)"
