@@ -129,6 +129,7 @@ def _grist(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-body-bytes", type=int, default=grist.MAX_BODY_BYTES, help="then 413")
     parser.add_argument("--upsert-returns-null", action="store_true", help="PUT /records answers null (< 1.7.13)")
     add_fault_arguments(parser)
+    parser.add_argument("--lost-answers", type=int, default=0, help="the next N writes are applied, answered 502")
 
     def build(args: argparse.Namespace):
         return grist.create_app(
@@ -137,7 +138,7 @@ def _grist(sub: argparse._SubParsersAction) -> None:
             max_in_flight=args.max_in_flight,
             max_body_bytes=args.max_body_bytes,
             upsert_returns_ids=not args.upsert_returns_null,
-            faults=faults_from_args(args),
+            faults=grist.GristFaults(**faults_from_args(args).as_dict(), lost_answers=args.lost_answers),
         )
 
     parser.set_defaults(build=build)

@@ -13,6 +13,7 @@ What is guessed rather than specified is listed in sandbox/README.md.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import math
@@ -517,6 +518,13 @@ def _sort_key(value: object) -> tuple:
 # ------------------------------------------------------------------------------------------ the app
 
 
+@dataclass
+class GristFaults(Faults):
+    """Common faults plus one of Grist's own."""
+
+    lost_answers: int = 0  # the next N write calls are applied, then answered 502 (a proxy that gave up waiting)
+
+
 class GristStats:
     """Grist-specific counters of /_sandbox/state."""
 
@@ -564,10 +572,13 @@ def create_app(
     ``app.state.grist_stats`` the GristStats.
 
     ``upsert_returns_ids=False`` answers ``PUT /records`` with ``null``, as grist-core before 1.7.13.
-    Fault ``latency`` is spent inside the document (the request counts as in flight meanwhile), like the data
-    engine's work; ``burst_429`` answers the next N document requests 429 as the in-flight limit does.
+    ``faults`` may be a GristFaults (``lost_answers``). Fault ``latency`` is spent inside the document (the
+    request counts as in flight meanwhile), like the data engine's work; ``burst_429`` answers the next N document
+    requests 429 as the in-flight limit does.
     """
     data = data if data is not None else GristData()
+    if not isinstance(faults, GristFaults):
+        faults = GristFaults(**(dataclasses.asdict(faults) if faults else {}))
     sandbox = Sandbox("grist", [], faults)
     stats = GristStats()
 
@@ -708,6 +719,12 @@ def create_app(
                         document.actions += 1
                         with stats.lock:
                             stats.writes += 1
+                        with sandbox._lock:
+                            lost = faults.lost_answers > 0
+                            faults.lost_answers -= lost
+                        if lost:
+                            sandbox.stats.add("errors_injected")
+                            return injected_error(502)
             except GristError as exc:
                 return exc.response()
             return sandbox.finish(json_response(result), roll)

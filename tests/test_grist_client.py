@@ -278,3 +278,16 @@ def test_an_old_server_that_answers_null(monkeypatch):
         result = client.add_or_update("Dossiers", rows(10), key=["number"])
         assert (result.rows, result.added, result.updated) == (10, None, None)
         assert len(client.records("Dossiers")) == 10
+
+
+def test_writes_whose_answer_was_lost_are_retried_without_duplicates(client, url, data):
+    requests.post(f"{url}/_sandbox/faults", json={"lost_answers": 1}, timeout=5).raise_for_status()
+    changes = client.ensure_schema({"Dossiers": DOSSIERS})  # applied, 502, retried: Dossiers2 made, removed
+    assert changes.tables_created == ["Dossiers"] and data.tables(DOC) == ["Dossiers"]
+
+    requests.post(f"{url}/_sandbox/faults", json={"lost_answers": 2}, timeout=5).raise_for_status()
+    client.add_or_update("Dossiers", rows(50), key=["number"])  # add-or-update is idempotent
+    client.ensure_schema({"Dossiers": [*DOSSIERS, Column("extra", "Int")]})  # PUT columns?noupdate too
+    assert [r["fields"]["number"] for r in data.records(DOC, "Dossiers")] == list(range(1, 51))
+    assert list(data.columns(DOC, "Dossiers"))[-1:] == ["extra"]
+    assert client.api.stats.retries == 3

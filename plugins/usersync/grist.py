@@ -212,10 +212,10 @@ class GristClient:
                 ]
             }
             created = [t["id"] for t in self._json("POST", "tables", body)["tables"]]
-            if created != missing:  # a clash nobody could see when listing: stop before writing anywhere
-                raise ApiError(f"Grist created tables {created} instead of {missing}")
-            changes.tables_created = created
-            for t in created:
+            if created != missing:
+                self._remove_duplicates(created, missing)
+            changes.tables_created = missing
+            for t in missing:
                 if tables[t]:
                     changes.columns_added[t] = [c.id for c in tables[t]]
         for table in tables:
@@ -229,6 +229,16 @@ class GristClient:
                 changes.choices_added,
             )
         return changes
+
+    def _remove_duplicates(self, created: list[str], wanted: list[str]) -> None:
+        """A retried POST whose first try was applied unseen (its answer lost) made `Dossiers2`-like copies:
+        they are this call's own and empty, and go. Declared tables still missing are an error."""
+        present = set(self.tables())
+        if not all(t in present for t in wanted):
+            raise ApiError(f"Grist created tables {created} instead of {wanted}")
+        strays = [t for t in created if t not in wanted]
+        log.warning("removing tables %s: duplicates made by a retried call", strays)
+        self._json("POST", "apply", [["RemoveTable", t] for t in strays])
 
     def _ensure_columns(self, table: str, declared: Sequence[Column], changes: SchemaChanges) -> None:
         actual = self.columns(table)
