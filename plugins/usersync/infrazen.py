@@ -126,7 +126,7 @@ class HttpClient(ApiClient):
 
     def __init__(self, name: str, auth=None, *, rate_limit: str | None = None, timeout: float = 30.0,
                  max_retries: int = 5, backoff: float = 1.0, limiter: RateLimiter | None = None,
-                 stats: CallStats | None = None):  # fmt: skip
+                 stats: CallStats | None = None, last_failure: list | None = None):  # fmt: skip
         self.conn_id, self.auth = name, auth
         self.stats = stats or CallStats()
         self.login = self.password = None
@@ -135,17 +135,25 @@ class HttpClient(ApiClient):
         self.limiter = limiter or RateLimiter(parse_rate_limit(rate_limit))
         self._local = threading.local()
         self.base_url = ""
+        self.last_failure = last_failure or [None]  # shared by siblings
 
     @property
     def session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
         if session is None:
             session = self._local.session = requests.Session()
+            session.hooks["response"].append(self._remember_failure)
         return session
+
+    def _remember_failure(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        """ApiClient reports a 5xx it gave up on as "HTTP 500": keep the body, the provider's real error."""
+        if response.status_code >= 500:
+            self.last_failure[0] = f"HTTP {response.status_code}: {response.text[:300]}".replace("\n", " ")
 
     def sibling(self, auth) -> HttpClient:
         return HttpClient(self.conn_id, auth, timeout=self.timeout, max_retries=self.max_retries,
-                          backoff=self.backoff, limiter=self.limiter, stats=self.stats)  # fmt: skip
+                          backoff=self.backoff, limiter=self.limiter, stats=self.stats,
+                          last_failure=self.last_failure)  # fmt: skip
 
     def get(self, url: str, **kwargs: Any) -> Any:
         return self.fetch_json("GET", url, **kwargs)[0]
@@ -654,6 +662,8 @@ def sync_provider(
         resources, metadata = client.resources()
     except (ApiError, KeyError, TypeError, ValueError) as exc:
         message = str(exc) if isinstance(exc, ApiError) else f"unexpected answer: {type(exc).__name__}: {exc}"
+        if "gave up after" in message and http.last_failure[0]:
+            message += f"; last answer {http.last_failure[0]}"
         raise ProviderError(
             f"{stage}: {message}",
             connection=stage == "Connection failed",
