@@ -830,6 +830,7 @@ class AccountFaults:
     expire_after_calls: int = 0  # tokens issued from now on die after N API calls (expiry mid-sync); 0: off
     billing_fail: bool = False  # Selectel consumption answers 500
     envelope_error: bool = False  # Beget legacy calls answer HTTP 200 with an error envelope
+    lists_fail: bool = False  # Beget cloud lists (VPS, services) answer 500: the original swallowed them into []
 
     def update(self, values: dict) -> None:
         kinds = {f.name: f.type for f in dataclasses.fields(self)}
@@ -1441,6 +1442,9 @@ def create_app(
         if early_response is not None:
             return early_response
         a = data.accounts["beget"][account]
+        if faults_of("beget", account).lists_fail and path in ("vps/server/list", "cloud"):
+            sandbox.stats.add("errors_injected")
+            return yc_error(500, 13, "Internal error")
         if path == "vps/server/list":
             response = json_response({"vps": a["vps"]})
         elif path == "cloud":

@@ -184,6 +184,16 @@ def test_beget_http_200_error_envelope_is_an_error(url, data):
     assert found(result) == data.expected_resources(provider["id"]) and result.stats["throttled"] == 2
 
 
+def test_beget_list_failure_is_reported_not_swallowed(url, data):
+    provider = pick(data, "beget", lambda p: data.account(p["id"])["vps"] and data.account(p["id"])["domains"])
+    faults(url, provider, lists_fail=True)
+    result = run(url, provider, max_retries=0)
+    assert not result.complete and len(result.errors) == 2 and "VPS list" in result.errors[0]
+    assert "Internal error" in result.errors[0]
+    expected = [r for r in data.expected_resources(provider["id"]) if r["resource_type"] == "domain"]
+    assert found(result) == expected  # what could be read is still there
+
+
 def test_beget_login_refused_with_http_200(url, data):
     provider = pick(data, "beget")
     credentials = {**provider["credentials"], "password": "wrong"}

@@ -155,6 +155,13 @@ class HttpClient(ApiClient):
                           backoff=self.backoff, limiter=self.limiter, stats=self.stats,
                           last_failure=self.last_failure)  # fmt: skip
 
+    def explain(self, exc: ApiError) -> str:
+        """The error with the provider's last 5xx answer when ApiClient gave up on retries (it says "HTTP 500")."""
+        message = str(exc)
+        if "gave up after" in message and self.last_failure[0]:
+            message += f"; last answer {self.last_failure[0]}"
+        return message
+
     def get(self, url: str, **kwargs: Any) -> Any:
         return self.fetch_json("GET", url, **kwargs)[0]
 
@@ -555,8 +562,8 @@ class BegetClient:
         except AuthError:
             raise
         except ApiError as exc:
-            self.errors.append(f"{what}: {exc}")
-            log.warning("Beget %s failed: %s", what, exc)
+            self.errors.append(f"{what}: {self.http.explain(exc)}")
+            log.warning("Beget %s", self.errors[-1])
             return []
 
     def resources(self) -> tuple[list[dict], dict]:
@@ -661,9 +668,7 @@ def sync_provider(
         stage = "Sync failed"
         resources, metadata = client.resources()
     except (ApiError, KeyError, TypeError, ValueError) as exc:
-        message = str(exc) if isinstance(exc, ApiError) else f"unexpected answer: {type(exc).__name__}: {exc}"
-        if "gave up after" in message and http.last_failure[0]:
-            message += f"; last answer {http.last_failure[0]}"
+        message = http.explain(exc) if isinstance(exc, ApiError) else f"unexpected answer: {type(exc).__name__}: {exc}"
         raise ProviderError(
             f"{stage}: {message}",
             connection=stage == "Connection failed",
