@@ -139,14 +139,36 @@ def _grist(sub: argparse._SubParsersAction) -> None:
             max_body_bytes=args.max_body_bytes,
             upsert_returns_ids=not args.upsert_returns_null,
             faults=grist.GristFaults(**faults_from_args(args).as_dict(), lost_answers=args.lost_answers),
+def _infrazen(sub: argparse._SubParsersAction) -> None:
+    from sandbox import infrazen
+
+    parser = sub.add_parser(
+        "infrazen", help="InfraZen's cloud providers", description="Yandex Cloud, Selectel and Beget on one server"
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8045, help="0 picks a free port")
+    parser.add_argument("--users", type=int, default=300, help="InfraZen users generated (with their providers)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated data")
+    parser.add_argument("--big-folder-vms", type=int, default=150, help="VMs in the big Yandex folder")
+    for provider, (count, _) in ((p, infrazen.DEFAULT_LIMITS[p][0]) for p in infrazen.PROVIDERS):
+        parser.add_argument(f"--{provider}-per-second", type=int, default=count, help="rate limit per account")
+    parser.add_argument("--iam-ttl", type=float, default=3600, help="Yandex IAM token lifetime, seconds")
+    add_fault_arguments(parser)
+
+    def build(args: argparse.Namespace):
+        limits = {p: [(getattr(args, f"{p}_per_second"), 1.0)] for p in infrazen.PROVIDERS}
+        return infrazen.create_app(
+            infrazen.InfraZenData(args.users, args.seed, args.big_folder_vms),
+            limits=limits,
+            iam_ttl=args.iam_ttl,
+            faults=faults_from_args(args),
         )
 
     parser.set_defaults(build=build)
 
 
 # One entry per API; later APIs add theirs here.
-_APIS = [_intra42, _portaildf, _gazelle]
-_APIS.append(_grist)
+_APIS = [_intra42, _portaildf, _gazelle, _infrazen, _grist]
 
 
 def main(argv: list[str] | None = None) -> int:
