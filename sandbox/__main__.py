@@ -139,6 +139,11 @@ def _grist(sub: argparse._SubParsersAction) -> None:
             max_body_bytes=args.max_body_bytes,
             upsert_returns_ids=not args.upsert_returns_null,
             faults=grist.GristFaults(**faults_from_args(args).as_dict(), lost_answers=args.lost_answers),
+        )
+
+    parser.set_defaults(build=build)
+
+
 def _infrazen(sub: argparse._SubParsersAction) -> None:
     from sandbox import infrazen
 
