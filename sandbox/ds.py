@@ -228,6 +228,7 @@ class Demarche:
     descriptors: list[dict]
     annotations: list[dict]
     groups: list[dict]
+    labels: list[dict] = field(default_factory=list)
     revision: int = 1
     dossiers: list[DossierMeta] = field(default_factory=list)
 
@@ -325,6 +326,9 @@ class DSData:
                            "closed": False, "instructeurs": instructors})
         demarche = Demarche(number, f"Subvention {WORDS[index % len(WORDS)]} {number} — appel à projets "
                                     f"« {WORDS[(index + 7) % len(WORDS)]} »", descriptors, annotations, groups)
+        demarche.labels = [{"id": gid("Label", number * 10 + j), "name": name, "color": color} for j, (name, color)
+                           in enumerate((("Urgent", "pink_macaron"), ("À relancer", "yellow_tournesol"),
+                                         ("Pièce manquante", "beige_gris_galet")))]
         base = 20_000_000 + index * 1_000_000
         for i in range(dossiers):
             r = random.Random(f"{self.seed}:{number}:{i}")
@@ -378,7 +382,7 @@ class DSData:
             "dateDepublication": None, "chorusConfiguration": None, "activeRevision": revision,
             "publishedRevision": revision, "draftRevision": revision, "revisions": [revision], "revision": revision,
             "champDescriptors": d.descriptors, "annotationDescriptors": d.annotations, "service": service,
-            "labels": [], "administrateurs": [], "dureeConservationDossiers": 12, "opendata": True, "tags": [],
+            "labels": d.labels, "administrateurs": [], "dureeConservationDossiers": 12, "opendata": True, "tags": [],
             "zones": [], "notice": None, "deliberation": None, "logo": None,
             "demarcheURL": f"https://www.demarches-simplifiees.fr/commencer/subvention-{number}",
             "cadreJuridiqueURL": None, "dpoURL": None, "siteWebURL": None, "noticeURL": None, "_number": number,
@@ -431,7 +435,9 @@ class DSData:
             "demandeur": {"__typename": "PersonnePhysique", "id": gid("Individual", meta.number),
                           "civilite": r.choice(("M", "Mme")), "nom": last, "prenom": first, "email": email,
                           "dateDeNaissance": None},
-            "demarche": self.demarche_node(meta.demarche), "traitements": events, "labels": [], "avis": [],
+            "demarche": self.demarche_node(meta.demarche), "traitements": events, "avis": [],
+            "labels": [label for j, label in enumerate(self.demarches[meta.demarche].labels)
+                       if (meta.number >> j) % 5 == 0],
             "messages": [],
         }
 
@@ -980,13 +986,21 @@ class FixedWindowThrottle:
     def reset(self) -> None:
         with self._lock:
             self._counts: dict[tuple[str, int], int] = {}
+            self._announced: dict[str, float] = {}  # key -> the RateLimit-Reset its last 429 announced
             self.accepted = self.throttled = self.over_limit_accepted = self.max_in_window = 0
+            self.before_reset = 0  # requests that came back before the announced reset (a client ignoring it)
+
+    def announce(self, key: str, reset_epoch: int) -> None:
+        with self._lock:
+            self._announced[key] = max(self._announced.get(key, 0), reset_epoch)
 
     def hit(self, key: str) -> tuple[bool, int]:
         """(allowed, epoch second the window ends)."""
         now = time.time()
         window = int(now // self.period)
         with self._lock:
+            if now < self._announced.get(key, 0) - 0.05:  # 50 ms for clock granularity
+                self.before_reset += 1
             self._counts = {k: v for k, v in self._counts.items() if k[1] >= window}
             count = self._counts.get((key, window), 0) + 1
             self._counts[(key, window)] = count
@@ -994,6 +1008,7 @@ class FixedWindowThrottle:
             over = count > self.limit
             if over and self.enforce:
                 self.throttled += 1
+                self._announced[key] = (window + 1) * self.period
                 return False, (window + 1) * self.period
             self.accepted += 1
             self.over_limit_accepted += over
@@ -1003,7 +1018,7 @@ class FixedWindowThrottle:
         with self._lock:
             return {"limit": self.limit, "period": self.period, "enforce": self.enforce, "accepted": self.accepted,
                     "throttled": self.throttled, "over_limit_accepted": self.over_limit_accepted,
-                    "max_in_window": self.max_in_window}
+                    "max_in_window": self.max_in_window, "before_reset": self.before_reset}
 
 
 def throttled(reset_epoch: int) -> Response:
@@ -1160,10 +1175,13 @@ def create_app(
                 sandbox.faults.burst_429 -= 1
         if burst:
             reset = int(time.time() + max(1.0, sandbox.faults.burst_retry_after))
+            if authorization:
+                throttle.announce(authorization, reset)
             sandbox.stats.add("throttled")
             sandbox.stats.add("throttled_burst")
             response = throttled(reset)
         elif authorization:  # rack-attack keys by the header; requests without one are not throttled
+            # (a burst 429 is answered first, so a client retrying before its reset is only counted here)
             allowed, reset = throttle.hit(authorization)
             if not allowed:
                 sandbox.stats.add("throttled")

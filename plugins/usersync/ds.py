@@ -134,7 +134,7 @@ def fetch_deleted(api: ApiClient, demarche: int, deleted_since: str | None = Non
 
 
 def fetch_descriptors(api: ApiClient, demarche: int) -> dict[str, Any]:
-    """{id, number, title, state, activeRevision: {id, champDescriptors, annotationDescriptors}}."""
+    """{id, number, title, state, labels, activeRevision: {id, champDescriptors, annotationDescriptors}}."""
     return query(api, "descriptors", {"demarcheNumber": demarche})["demarche"]
 
 
@@ -184,7 +184,7 @@ DOSSIER_COLUMNS = (
     Column("usager_email", "Email de l'usager", "Text"),
     Column("demandeur", "Demandeur", "Text"),
     Column("motivation", "Motivation", "Text"),
-    Column("labels", "Étiquettes", "ChoiceList"),
+    Column("labels", "Étiquettes", "ChoiceList"),  # choices: the démarche's labels
 )
 KEY = Column("number", "Numéro du dossier", "Int")
 ROW_COLUMNS = (
@@ -234,7 +234,9 @@ def schema(descriptors: dict[str, Any]) -> Schema:
     """Columns of `dossiers`, `champs`, `annotations` and `repetable_rows` from `fetch_descriptors`' answer.
     A repeatable block's inner fields become columns of `repetable_rows` (shared by every block)."""
     revision = descriptors["activeRevision"]
-    tables: dict[str, list[Column]] = {"dossiers": list(DOSSIER_COLUMNS), "champs": [KEY], "annotations": [KEY],
+    labels = tuple(label["name"] for label in descriptors.get("labels") or ())
+    dossier_columns = [Column(c.id, c.label, c.type, labels) if c.id == "labels" else c for c in DOSSIER_COLUMNS]
+    tables: dict[str, list[Column]] = {"dossiers": dossier_columns, "champs": [KEY], "annotations": [KEY],
                                        "repetable_rows": list(ROW_COLUMNS)}
     blocks = {}
     for table, key in (("champs", "champDescriptors"), ("annotations", "annotationDescriptors")):
