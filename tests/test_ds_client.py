@@ -8,15 +8,16 @@ import time
 from datetime import UTC, datetime
 
 import pytest
+import requests
 from airflow.sdk import ObjectStoragePath
 from graphql import parse, validate
-
-from sandbox.common import serve
-from sandbox.ds import DEFAULT_TOKEN, KINDS, RULES, SCHEMA, DSData, TokenRights, create_app
 from usersync import ds
 from usersync.api import AuthError
 from usersync.graphql_api import GRAPHQL_DIR
 from usersync.staging import fetch_to_staging, read_ndjson, staged_pages
+
+from sandbox.common import serve
+from sandbox.ds import DEFAULT_TOKEN, KINDS, RULES, SCHEMA, DSData, TokenRights, create_app
 
 DEMARCHE, SMALL = 101, 102
 
@@ -66,8 +67,6 @@ def test_filters_states_and_watermark(api, data, url):
     assert sorted(d["number"] for d in got) == sorted(t["number"] for t in truth if t["state"] in chosen)
     assert [d["number"] for d in fetch(api, created_since=truth[120]["dateDepot"])] == [
         t["number"] for t in truth[120:]]
-    import requests
-
     changed = requests.post(f"{url}/_sandbox/mutate", json={"k": 4}, timeout=10).json()["ids"]
     since = datetime.fromtimestamp(time.time() - 30, UTC).isoformat()  # generated dossiers changed in 2025
     assert sorted(d["number"] for d in fetch(api, updated_since=since)) == changed
@@ -118,8 +117,6 @@ def test_flatten_covers_every_champ_type(api, data):
 
 
 def test_descriptor_columns_are_stable_and_typed(api, url):
-    import requests
-
     before = ds.schema(ds.fetch_descriptors(api, SMALL))
     requests.post(f"{url}/_sandbox/add_field", json={"demarche": SMALL, "type": "drop_down_list"}, timeout=10)
     after = ds.schema(ds.fetch_descriptors(api, SMALL))
@@ -163,8 +160,6 @@ def test_wrong_token_or_demarche_fails_with_a_clear_message(url):
 
 
 def test_deleted_dossiers_and_instructeurs(api, url, data):
-    import requests
-
     number = data.truth(DEMARCHE)[10]["number"]
     requests.post(f"{url}/_sandbox/delete_dossier", json={"number": number}, timeout=10).raise_for_status()
     deleted = ds.fetch_deleted(api, DEMARCHE, "2026-01-01T00:00:00+01:00")
