@@ -67,6 +67,11 @@ def test_filters_states_and_watermark(api, data, url):
     assert sorted(d["number"] for d in got) == sorted(t["number"] for t in truth if t["state"] in chosen)
     assert [d["number"] for d in fetch(api, created_since=truth[120]["dateDepot"])] == [
         t["number"] for t in truth[120:]]
+    groupes = {truth[0]["group"]}
+    assert [d["number"] for d in fetch(api, groupes=groupes, states=("accepte",))] == [
+        t["number"] for t in truth if t["group"] in groupes and t["state"] == "accepte"]
+    newest_first = fetch(api, order="DESC")
+    assert [d["number"] for d in newest_first] == [t["number"] for t in reversed(truth)]
     changed = requests.post(f"{url}/_sandbox/mutate", json={"k": 4}, timeout=10).json()["ids"]
     since = datetime.fromtimestamp(time.time() - 30, UTC).isoformat()  # generated dossiers changed in 2025
     assert sorted(d["number"] for d in fetch(api, updated_since=since)) == changed

@@ -81,21 +81,26 @@ def _connection(data: dict[str, Any], name: str) -> tuple[list[dict], str | None
 
 def dossiers_paginator(api: ApiClient, demarche: int, *, states: tuple[str, ...] | None = None,
                        created_since: str | None = None, updated_since: str | None = None,
+                       groupes: set[int] | None = None, order: str | None = None,
                        page_size: int = PAGE_SIZE) -> Paginator:
     """Pages of the démarche's dossiers for `fetch_to_staging` (first state: `first_page()`).
 
     DS filters on one state per query, so several `states` are walked one after the other; None = every state.
     `updated_since` (a watermark) wins over `created_since` on DS's side and orders the pages by update time,
-    so a dossier changed during the walk comes again at the end instead of being skipped.
+    so a dossier changed during the walk comes again at the end instead of being skipped. `groupes` (instructor
+    group numbers) is applied here: DS lists a démarche's dossiers by group only one group at a time.
+    `order` "DESC" walks newest first (deprecated by DS, still served).
     """
     walk = list(states) if states else [None]
-    base = {"demarcheNumber": demarche, "createdSince": created_since, "updatedSince": updated_since}
+    base = {"demarcheNumber": demarche, "createdSince": created_since, "updatedSince": updated_since, "order": order}
 
     def fetch(state: dict[str, Any]) -> Page:
         index = state["state"]
         data = query(api, "dossiers", {**base, "state": walk[index], "first": min(page_size, PAGE_SIZE),
                                        "after": state["after"]})
         nodes, cursor = _connection(data, "dossiers")
+        if groupes is not None:
+            nodes = [n for n in nodes if (n.get("groupeInstructeur") or {}).get("number") in groupes]
         if cursor is not None:
             return Page(nodes, {"state": index, "after": cursor})
         return Page(nodes, {"state": index + 1, "after": None} if index + 1 < len(walk) else None)
