@@ -102,8 +102,18 @@ KINDS = {
 # document names their own type in a fragment.
 FALLBACK_TYPES = {
     **dict.fromkeys(
-        ("AddressChamp", "CommuneChamp", "DepartementChamp", "RegionChamp", "PaysChamp", "HeaderSectionChamp",
-         "ExplicationChamp", "DropDownListChamp"), "TextChamp"),
+        (
+            "AddressChamp",
+            "CommuneChamp",
+            "DepartementChamp",
+            "RegionChamp",
+            "PaysChamp",
+            "HeaderSectionChamp",
+            "ExplicationChamp",
+            "DropDownListChamp",
+        ),
+        "TextChamp",
+    ),
     "YesNoChamp": "CheckboxChamp",
     "DatetimeChamp": "DateChamp",
 }
@@ -143,13 +153,74 @@ OPTIONS = {
     "repetition": ["Président·e", "Trésorier·e", "Secrétaire", "Membre"],
 }  # fmt: skip
 
-FIRST = ("Camille", "Léa", "Chloé", "Zoé", "Inès", "Hélène", "Noémie", "Maëlle", "Jérôme", "François", "Noël",
-         "Théo", "Loïc", "Benoît", "Amélie", "Anaïs", "Gaëtan", "Éloïse", "Côme", "Yasmine", "Mamadou", "Thi Mai")
-LAST = ("Martin", "Bernard", "Dubois", "Lefèvre", "Roux", "Fournier", "Girard", "Lambert", "Bonnet", "François",
-        "Mercier", "Dupont", "Faure", "Gaumont-Lévêque", "Nguyễn", "Benali", "O'Connor", "de La Tour d'Auvergne",
-        "Müller", "Diallo")
-WORDS = ("jardin", "partagé", "quartier", "atelier", "vélo", "réparation", "musique", "école", "forêt", "été",
-         "solidaire", "numérique", "théâtre", "île", "fête", "cœur", "œuvre", "rivière", "mémoire", "café")
+FIRST = (
+    "Camille",
+    "Léa",
+    "Chloé",
+    "Zoé",
+    "Inès",
+    "Hélène",
+    "Noémie",
+    "Maëlle",
+    "Jérôme",
+    "François",
+    "Noël",
+    "Théo",
+    "Loïc",
+    "Benoît",
+    "Amélie",
+    "Anaïs",
+    "Gaëtan",
+    "Éloïse",
+    "Côme",
+    "Yasmine",
+    "Mamadou",
+    "Thi Mai",
+)
+LAST = (
+    "Martin",
+    "Bernard",
+    "Dubois",
+    "Lefèvre",
+    "Roux",
+    "Fournier",
+    "Girard",
+    "Lambert",
+    "Bonnet",
+    "François",
+    "Mercier",
+    "Dupont",
+    "Faure",
+    "Gaumont-Lévêque",
+    "Nguyễn",
+    "Benali",
+    "O'Connor",
+    "de La Tour d'Auvergne",
+    "Müller",
+    "Diallo",
+)
+WORDS = (
+    "jardin",
+    "partagé",
+    "quartier",
+    "atelier",
+    "vélo",
+    "réparation",
+    "musique",
+    "école",
+    "forêt",
+    "été",
+    "solidaire",
+    "numérique",
+    "théâtre",
+    "île",
+    "fête",
+    "cœur",
+    "œuvre",
+    "rivière",
+    "mémoire",
+    "café",
+)
 # (number, street, postal code, city, INSEE code, département code, département, région code, région, lon, lat)
 ADDRESSES = (
     ("12", "Rue de la République", "69001", "Lyon", "69381", "69", "Rhône", "84", "Auvergne-Rhône-Alpes",
@@ -168,11 +239,21 @@ ADDRESSES = (
 EPCIS = (("200046977", "Métropole de Lyon"), ("243300316", "Bordeaux Métropole"), ("200093201", "Métropole "
          "Européenne de Lille"), ("249740101", "CINOR"), ("200066793", "CA du Pays Ajaccien"),
          ("200054781", "Métropole du Grand Paris"))  # fmt: skip
-PAYS = (("FR", "France"), ("DZ", "Algérie"), ("MA", "Maroc"), ("SN", "Sénégal"), ("VN", "Viêt Nam"),
-        ("DE", "Allemagne"))
-FILES = (("budget-prévisionnel-2025.pdf", "application/pdf"), ("statuts signés.pdf", "application/pdf"),
-         ("photo_site.jpg", "image/jpeg"), ("RIB.png", "image/png"),
-         ("tableau_financement.xlsx", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"))
+PAYS = (
+    ("FR", "France"),
+    ("DZ", "Algérie"),
+    ("MA", "Maroc"),
+    ("SN", "Sénégal"),
+    ("VN", "Viêt Nam"),
+    ("DE", "Allemagne"),
+)
+FILES = (
+    ("budget-prévisionnel-2025.pdf", "application/pdf"),
+    ("statuts signés.pdf", "application/pdf"),
+    ("photo_site.jpg", "image/jpeg"),
+    ("RIB.png", "image/png"),
+    ("tableau_financement.xlsx", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"),
+)
 
 
 def gid(kind: str, n: object) -> str:
@@ -241,8 +322,7 @@ class DSData:
     champs generate in well under a second: only the dossiers' metadata are kept, champs are built per request.
     """
 
-    def __init__(self, demarches: tuple[tuple[int, int, int], ...] = ((101, 120, 40), (102, 60, 12)),
-                 seed: int = 0):
+    def __init__(self, demarches: tuple[tuple[int, int, int], ...] = ((101, 120, 40), (102, 60, 12)), seed: int = 0):
         if not demarches or len({n for n, _, _ in demarches}) != len(demarches):
             raise ValueError("demarches must be distinct (number, dossiers, champs) triples")
         for number, dossiers, champs in demarches:
@@ -269,11 +349,26 @@ class DSData:
         self.generation += 1
         self._listings.clear()
 
-    def _descriptor(self, kind: str, stable: int, label: str, required: bool, options: list[str] | None = None,
-                    inner: list[dict] | None = None) -> dict:
-        descriptor = {"__typename": KINDS[kind][0], "type": kind, "id": gid("Champ", stable), "stable": stable,
-                      "label": label, "description": None, "required": required, "added_later": False,
-                      "champDescriptors": None}
+    def _descriptor(
+        self,
+        kind: str,
+        stable: int,
+        label: str,
+        required: bool,
+        options: list[str] | None = None,
+        inner: list[dict] | None = None,
+    ) -> dict:
+        descriptor = {
+            "__typename": KINDS[kind][0],
+            "type": kind,
+            "id": gid("Champ", stable),
+            "stable": stable,
+            "label": label,
+            "description": None,
+            "required": required,
+            "added_later": False,
+            "champDescriptors": None,
+        }
         if kind in ("drop_down_list", "multiple_drop_down_list", "linked_drop_down_list"):
             descriptor["options"] = list(options or OPTIONS[kind])
             descriptor["otherOption"] = False if kind == "drop_down_list" else None
@@ -300,9 +395,16 @@ class DSData:
             label = LABELS[kind] + (f" ({seen[kind]})" if seen[kind] > 1 else "")
             inner = None
             if kind == "repetition":
-                inner = [self._descriptor(sub, number * 10_000 + 1000 + 10 * k + j, REPETITION_LABELS[sub], j == 0,
-                                          OPTIONS["repetition"] if sub == "drop_down_list" else None)
-                         for j, sub in enumerate(REPETITION_KINDS)]
+                inner = [
+                    self._descriptor(
+                        sub,
+                        number * 10_000 + 1000 + 10 * k + j,
+                        REPETITION_LABELS[sub],
+                        j == 0,
+                        OPTIONS["repetition"] if sub == "drop_down_list" else None,
+                    )
+                    for j, sub in enumerate(REPETITION_KINDS)
+                ]
             required = kind not in NO_VALUE and rnd.random() < 0.4
             descriptors.append(self._descriptor(kind, stable, label, required, inner=inner))
         annotations = []
@@ -310,50 +412,94 @@ class DSData:
             stable = number * 10_000 + 5000 + j
             inner = None
             if kind == "repetition":
-                inner = [self._descriptor("date", number * 10_000 + 6001, "Date du versement", True),
-                         self._descriptor("decimal_number", number * 10_000 + 6002, "Montant versé (€)", True)]
-            annotations.append(self._descriptor(kind, stable, ANNOTATION_LABELS[kind], False,
-                                                OPTIONS["annotation"] if kind == "drop_down_list" else None,
-                                                inner))
+                inner = [
+                    self._descriptor("date", number * 10_000 + 6001, "Date du versement", True),
+                    self._descriptor("decimal_number", number * 10_000 + 6002, "Montant versé (€)", True),
+                ]
+            annotations.append(
+                self._descriptor(
+                    kind,
+                    stable,
+                    ANNOTATION_LABELS[kind],
+                    False,
+                    OPTIONS["annotation"] if kind == "drop_down_list" else None,
+                    inner,
+                )
+            )
         groups = []
         for g, label in enumerate(("défaut", "Instruction Nord", "Instruction Sud — Outre-mer")):
             group_number = number * 10 + g + 1
-            instructors = [{"id": gid("Instructeur", group_number * 10 + i),
-                            "email": f"{_ascii(FIRST[(group_number + i) % len(FIRST)])}."
-                                     f"{_ascii(LAST[(group_number * 3 + i) % len(LAST)])}@example.gouv.fr"}
-                           for i in range(1 + (group_number + g) % 3)]
-            groups.append({"id": gid("GroupeInstructeur", group_number), "number": group_number, "label": label,
-                           "closed": False, "instructeurs": instructors})
-        demarche = Demarche(number, f"Subvention {WORDS[index % len(WORDS)]} {number} — appel à projets "
-                                    f"« {WORDS[(index + 7) % len(WORDS)]} »", descriptors, annotations, groups)
-        demarche.labels = [{"id": gid("Label", number * 10 + j), "name": name, "color": color} for j, (name, color)
-                           in enumerate((("Urgent", "pink_macaron"), ("À relancer", "yellow_tournesol"),
-                                         ("Pièce manquante", "beige_gris_galet")))]
+            instructors = [
+                {
+                    "id": gid("Instructeur", group_number * 10 + i),
+                    "email": f"{_ascii(FIRST[(group_number + i) % len(FIRST)])}."
+                    f"{_ascii(LAST[(group_number * 3 + i) % len(LAST)])}@example.gouv.fr",
+                }
+                for i in range(1 + (group_number + g) % 3)
+            ]
+            groups.append(
+                {
+                    "id": gid("GroupeInstructeur", group_number),
+                    "number": group_number,
+                    "label": label,
+                    "closed": False,
+                    "instructeurs": instructors,
+                }
+            )
+        demarche = Demarche(
+            number,
+            f"Subvention {WORDS[index % len(WORDS)]} {number} — appel à projets « {WORDS[(index + 7) % len(WORDS)]} »",
+            descriptors,
+            annotations,
+            groups,
+        )
+        demarche.labels = [
+            {"id": gid("Label", number * 10 + j), "name": name, "color": color}
+            for j, (name, color) in enumerate(
+                (
+                    ("Urgent", "pink_macaron"),
+                    ("À relancer", "yellow_tournesol"),
+                    ("Pièce manquante", "beige_gris_galet"),
+                )
+            )
+        ]
         base = 20_000_000 + index * 1_000_000
         for i in range(dossiers):
             r = random.Random(f"{self.seed}:{number}:{i}")
             depose = EPOCH_START + (SPAN * i) // max(dossiers, 1) + r.randrange(0, 3_600_000_000)
             updated = depose + r.randrange(0, 120 * 86_400_000_000)
             state = r.choices(STATES, STATE_WEIGHTS)[0]
-            meta = DossierMeta(base + i * 3 + r.randrange(3), number, state,
-                               groups[r.choices((0, 1, 2), (0.5, 0.3, 0.2))[0]]["number"], depose, updated,
-                               archived=state in ("accepte", "refuse") and r.random() < 0.1)
+            meta = DossierMeta(
+                base + i * 3 + r.randrange(3),
+                number,
+                state,
+                groups[r.choices((0, 1, 2), (0.5, 0.3, 0.2))[0]]["number"],
+                depose,
+                updated,
+                archived=state in ("accepte", "refuse") and r.random() < 0.1,
+            )
             demarche.dossiers.append(meta)
             self.by_number[meta.number] = meta
         return demarche
 
     # -------------------------------------------------------------- listings
 
-    def listing(self, demarche: int, state: str | None, archived: bool | None, group: int | None,
-                by_update: bool) -> tuple[list[tuple[int, int]], list[DossierMeta]]:
+    def listing(
+        self, demarche: int, state: str | None, archived: bool | None, group: int | None, by_update: bool
+    ) -> tuple[list[tuple[int, int]], list[DossierMeta]]:
         """(sort keys, dossiers) in ascending (depose_at or updated_at, number) order; cached until a change."""
         key = (demarche, state, archived, group, by_update)
         with self._lock:
             cached = self._listings.get(key)
             if cached is None:
-                rows = [m for m in self.demarches[demarche].dossiers
-                        if m.deleted is None and (state is None or m.state == state)
-                        and (archived is None or m.archived == archived) and (group is None or m.group == group)]
+                rows = [
+                    m
+                    for m in self.demarches[demarche].dossiers
+                    if m.deleted is None
+                    and (state is None or m.state == state)
+                    and (archived is None or m.archived == archived)
+                    and (group is None or m.group == group)
+                ]
                 rows.sort(key=lambda m: ((m.updated if by_update else m.depose), m.number))
                 cached = [((m.updated if by_update else m.depose), m.number) for m in rows], rows
                 self._listings[key] = cached
@@ -369,23 +515,56 @@ class DSData:
     def demarche_node(self, number: int) -> dict:
         d = self.demarches[number]
         created = EPOCH_START - 30 * 86_400_000_000
-        revision = {"id": gid("ProcedureRevision", number * 100 + d.revision), "dateCreation": iso(created),
-                    "datePublication": iso(created + 86_400_000_000),
-                    "champDescriptors": d.descriptors, "annotationDescriptors": d.annotations}
-        service = {"id": gid("Service", number), "nom": "Direction des solidarités", "organisme": "Préfecture du "
-                   "Rhône", "siret": "17690001900015", "typeOrganisme": "service_deconcentre_de_l_etat"}
+        revision = {
+            "id": gid("ProcedureRevision", number * 100 + d.revision),
+            "dateCreation": iso(created),
+            "datePublication": iso(created + 86_400_000_000),
+            "champDescriptors": d.descriptors,
+            "annotationDescriptors": d.annotations,
+        }
+        service = {
+            "id": gid("Service", number),
+            "nom": "Direction des solidarités",
+            "organisme": "Préfecture du Rhône",
+            "siret": "17690001900015",
+            "typeOrganisme": "service_deconcentre_de_l_etat",
+        }
         return {
-            "id": gid("Procedure", number), "number": number, "title": d.title,
-            "description": "Aide aux porteurs de projets associatifs.", "state": "publiee", "declarative": None,
-            "dateCreation": iso(created), "datePublication": iso(created + 86_400_000_000),
-            "dateDerniereModification": iso(created + d.revision * 86_400_000_000), "dateFermeture": None,
-            "dateDepublication": None, "chorusConfiguration": None, "activeRevision": revision,
-            "publishedRevision": revision, "draftRevision": revision, "revisions": [revision], "revision": revision,
-            "champDescriptors": d.descriptors, "annotationDescriptors": d.annotations, "service": service,
-            "labels": d.labels, "administrateurs": [], "dureeConservationDossiers": 12, "opendata": True, "tags": [],
-            "zones": [], "notice": None, "deliberation": None, "logo": None,
+            "id": gid("Procedure", number),
+            "number": number,
+            "title": d.title,
+            "description": "Aide aux porteurs de projets associatifs.",
+            "state": "publiee",
+            "declarative": None,
+            "dateCreation": iso(created),
+            "datePublication": iso(created + 86_400_000_000),
+            "dateDerniereModification": iso(created + d.revision * 86_400_000_000),
+            "dateFermeture": None,
+            "dateDepublication": None,
+            "chorusConfiguration": None,
+            "activeRevision": revision,
+            "publishedRevision": revision,
+            "draftRevision": revision,
+            "revisions": [revision],
+            "revision": revision,
+            "champDescriptors": d.descriptors,
+            "annotationDescriptors": d.annotations,
+            "service": service,
+            "labels": d.labels,
+            "administrateurs": [],
+            "dureeConservationDossiers": 12,
+            "opendata": True,
+            "tags": [],
+            "zones": [],
+            "notice": None,
+            "deliberation": None,
+            "logo": None,
             "demarcheURL": f"https://www.demarches-simplifiees.fr/commencer/subvention-{number}",
-            "cadreJuridiqueURL": None, "dpoURL": None, "siteWebURL": None, "noticeURL": None, "_number": number,
+            "cadreJuridiqueURL": None,
+            "dpoURL": None,
+            "siteWebURL": None,
+            "noticeURL": None,
+            "_number": number,
         }
 
     def group(self, number: int) -> dict | None:
@@ -404,40 +583,89 @@ class DSData:
         instruction = meta.depose + day * (1 + meta.number % 9) if meta.state != "en_construction" else None
         traitement = instruction + day * (2 + meta.number % 17) if meta.state in STATES[2:] else None
         group = self.group(meta.group)
-        events = [{"id": gid("Traitement", meta.number * 10 + 1), "event": "depose", "state": "en_construction",
-                   "dateTraitement": iso(meta.depose), "emailAgentTraitant": None, "motivation": None,
-                   "revision": None}]
+        events = [
+            {
+                "id": gid("Traitement", meta.number * 10 + 1),
+                "event": "depose",
+                "state": "en_construction",
+                "dateTraitement": iso(meta.depose),
+                "emailAgentTraitant": None,
+                "motivation": None,
+                "revision": None,
+            }
+        ]
         if instruction:
-            events.append({"id": gid("Traitement", meta.number * 10 + 2), "event": "passe_en_instruction",
-                           "state": "en_instruction", "dateTraitement": iso(instruction),
-                           "emailAgentTraitant": group["instructeurs"][0]["email"], "motivation": None,
-                           "revision": None})
+            events.append(
+                {
+                    "id": gid("Traitement", meta.number * 10 + 2),
+                    "event": "passe_en_instruction",
+                    "state": "en_instruction",
+                    "dateTraitement": iso(instruction),
+                    "emailAgentTraitant": group["instructeurs"][0]["email"],
+                    "motivation": None,
+                    "revision": None,
+                }
+            )
         if traitement:
             event = {"accepte": "accepte", "refuse": "refuse", "sans_suite": "classe_sans_suite"}[meta.state]
-            events.append({"id": gid("Traitement", meta.number * 10 + 3), "event": event, "state": meta.state,
-                           "dateTraitement": iso(traitement), "emailAgentTraitant": group["instructeurs"][0]["email"],
-                           "motivation": "Dossier incomplet" if meta.state != "accepte" else None, "revision": None})
+            events.append(
+                {
+                    "id": gid("Traitement", meta.number * 10 + 3),
+                    "event": event,
+                    "state": meta.state,
+                    "dateTraitement": iso(traitement),
+                    "emailAgentTraitant": group["instructeurs"][0]["email"],
+                    "motivation": "Dossier incomplet" if meta.state != "accepte" else None,
+                    "revision": None,
+                }
+            )
         return {
-            "_meta": meta, "id": gid("Dossier", meta.number), "number": meta.number, "state": meta.state,
-            "archived": meta.archived, "prefilled": False, "dateDepot": iso(meta.depose),
+            "_meta": meta,
+            "id": gid("Dossier", meta.number),
+            "number": meta.number,
+            "state": meta.state,
+            "archived": meta.archived,
+            "prefilled": False,
+            "dateDepot": iso(meta.depose),
             "datePassageEnConstruction": iso(meta.depose),
             "datePassageEnInstruction": iso(instruction) if instruction else None,
-            "dateTraitement": iso(traitement) if traitement else None, "dateExpiration": None,
-            "dateSuppressionParUsager": None, "dateSuppressionParAdministration": None,
-            "dateDerniereCorrectionEnAttente": None, "dateDerniereModification": iso(meta.updated),
-            "dateDerniereModificationChamps": iso(meta.updated), "dateDerniereModificationAnnotations":
-            iso(meta.updated), "datePrevisionnelleDecisionSVASVR": None, "dateTraitementSVASVR": None,
-            "motivation": events[-1]["motivation"], "motivationAttachment": None, "attestation": None,
-            "pdf": _file(r, meta.number, f"dossier-{meta.number}.pdf", "application/pdf"), "geojson": None,
-            "usager": {"id": gid("User", meta.number), "email": email}, "prenomMandataire": None,
-            "nomMandataire": None, "deposeParUnTiers": False, "connectionUsager": "password",
-            "groupeInstructeur": group, "instructeurs": group["instructeurs"][:1] if instruction else [],
-            "demandeur": {"__typename": "PersonnePhysique", "id": gid("Individual", meta.number),
-                          "civilite": r.choice(("M", "Mme")), "nom": last, "prenom": first, "email": email,
-                          "dateDeNaissance": None},
-            "demarche": self.demarche_node(meta.demarche), "traitements": events, "avis": [],
-            "labels": [label for j, label in enumerate(self.demarches[meta.demarche].labels)
-                       if (meta.number >> j) % 5 == 0],
+            "dateTraitement": iso(traitement) if traitement else None,
+            "dateExpiration": None,
+            "dateSuppressionParUsager": None,
+            "dateSuppressionParAdministration": None,
+            "dateDerniereCorrectionEnAttente": None,
+            "dateDerniereModification": iso(meta.updated),
+            "dateDerniereModificationChamps": iso(meta.updated),
+            "dateDerniereModificationAnnotations": iso(meta.updated),
+            "datePrevisionnelleDecisionSVASVR": None,
+            "dateTraitementSVASVR": None,
+            "motivation": events[-1]["motivation"],
+            "motivationAttachment": None,
+            "attestation": None,
+            "pdf": _file(r, meta.number, f"dossier-{meta.number}.pdf", "application/pdf"),
+            "geojson": None,
+            "usager": {"id": gid("User", meta.number), "email": email},
+            "prenomMandataire": None,
+            "nomMandataire": None,
+            "deposeParUnTiers": False,
+            "connectionUsager": "password",
+            "groupeInstructeur": group,
+            "instructeurs": group["instructeurs"][:1] if instruction else [],
+            "demandeur": {
+                "__typename": "PersonnePhysique",
+                "id": gid("Individual", meta.number),
+                "civilite": r.choice(("M", "Mme")),
+                "nom": last,
+                "prenom": first,
+                "email": email,
+                "dateDeNaissance": None,
+            },
+            "demarche": self.demarche_node(meta.demarche),
+            "traitements": events,
+            "avis": [],
+            "labels": [
+                label for j, label in enumerate(self.demarches[meta.demarche].labels) if (meta.number >> j) % 5 == 0
+            ],
             "messages": [],
         }
 
@@ -450,15 +678,25 @@ class DSData:
         kind, stable = desc["type"], desc["stable"]
         edits = meta.edits.get(str(stable), 0)
         r = random.Random(f"{self.seed}:{meta.number}:{stable}:{row}:{edits}")
-        champ = {"_kind": KINDS[kind][1], "id": gid("Champ", f"{stable}|{row}" if row else stable),
-                 "champDescriptorId": desc["id"], "label": desc["label"], "prefilled": False,
-                 "updatedAt": iso(meta.updated if edits else meta.depose), "stringValue": None}
+        champ = {
+            "_kind": KINDS[kind][1],
+            "id": gid("Champ", f"{stable}|{row}" if row else stable),
+            "champDescriptorId": desc["id"],
+            "label": desc["label"],
+            "prefilled": False,
+            "updatedAt": iso(meta.updated if edits else meta.depose),
+            "stringValue": None,
+        }
         empty = (desc["added_later"] and not edits) or (not desc["required"] and r.random() < 0.12)
         if kind == "repetition":
             rows = [] if empty else [f"{meta.number}-{stable % 10_000}-{i}" for i in range(r.randrange(1, 4))]
-            champ["rows"] = [{"id": gid("Row", row_id),
-                              "champs": [self._champ(meta, inner, row_id) for inner in desc["champDescriptors"]]}
-                             for row_id in rows]
+            champ["rows"] = [
+                {
+                    "id": gid("Row", row_id),
+                    "champs": [self._champ(meta, inner, row_id) for inner in desc["champDescriptors"]],
+                }
+                for row_id in rows
+            ]
             champ["stringValue"] = ""
             return champ
         if kind == "header_section":
@@ -496,8 +734,7 @@ class DSData:
             self._changed()
             return sorted(m.number for m in chosen)
 
-    def add_field(self, demarche: int, kind: str = "text", label: str | None = None,
-                  annotation: bool = False) -> dict:
+    def add_field(self, demarche: int, kind: str = "text", label: str | None = None, annotation: bool = False) -> dict:
         """A new field in a new revision; existing dossiers have it empty (their update time does not move)."""
         if kind not in KINDS or kind == "repetition":
             raise ValueError(f"unknown or unsupported champ type {kind!r}")
@@ -523,12 +760,22 @@ class DSData:
 
     def describe(self) -> dict[str, object]:
         with self._lock:
-            return {"seed": self.seed, "generation": self.generation, "mutations": self.mutations, "demarches": {
-                n: {"dossiers": sum(m.deleted is None for m in d.dossiers),
-                    "deleted": sum(m.deleted is not None for m in d.dossiers),
-                    "champs": len(d.descriptors), "annotations": len(d.annotations), "revision": d.revision,
-                    "groupes": [g["number"] for g in d.groups]}
-                for n, d in self.demarches.items()}}
+            return {
+                "seed": self.seed,
+                "generation": self.generation,
+                "mutations": self.mutations,
+                "demarches": {
+                    n: {
+                        "dossiers": sum(m.deleted is None for m in d.dossiers),
+                        "deleted": sum(m.deleted is not None for m in d.dossiers),
+                        "champs": len(d.descriptors),
+                        "annotations": len(d.annotations),
+                        "revision": d.revision,
+                        "groupes": [g["number"] for g in d.groups],
+                    }
+                    for n, d in self.demarches.items()
+                },
+            }
 
     # -------------------------------------------------------------- ground truth for tests
 
@@ -536,9 +783,18 @@ class DSData:
         """Every listed dossier of a démarche: {number, state, group, dateDepot, dateDerniereModification,
         champs, annotations} with champs as built (real kinds in `_kind`), in deposit order."""
         _, rows = self.listing(demarche, None, None, None, False)
-        return [{"number": m.number, "state": m.state, "group": m.group, "dateDepot": iso(m.depose),
-                 "dateDerniereModification": iso(m.updated), "champs": self.champs(m),
-                 "annotations": self.champs(m, annotations=True)} for m in rows]
+        return [
+            {
+                "number": m.number,
+                "state": m.state,
+                "group": m.group,
+                "dateDepot": iso(m.depose),
+                "dateDerniereModification": iso(m.updated),
+                "champs": self.champs(m),
+                "annotations": self.champs(m, annotations=True),
+            }
+            for m in rows
+        ]
 
 
 def _public(descriptor: dict) -> dict:
@@ -546,8 +802,13 @@ def _public(descriptor: dict) -> dict:
 
 
 def deleted_node(meta: DossierMeta) -> dict:
-    return {"id": gid("Dossier", meta.number), "number": meta.number, "state": meta.state,
-            "dateSupression": iso(meta.deleted), "reason": "user_request"}
+    return {
+        "id": gid("Dossier", meta.number),
+        "number": meta.number,
+        "state": meta.state,
+        "dateSupression": iso(meta.deleted),
+        "reason": "user_request",
+    }
 
 
 def _ascii(text: str) -> str:
@@ -560,26 +821,47 @@ def _ascii(text: str) -> str:
 def _file(r: random.Random, number: int, name: str, content_type: str) -> dict:
     size = r.randrange(10_000, 5_000_000)
     checksum = base64.b64encode(r.randbytes(16)).decode()
-    return {"__typename": "File", "filename": name, "contentType": content_type, "checksum": checksum,
-            "byteSize": size, "byteSizeBigInt": str(size), "createdAt": iso(EPOCH_START),
-            "url": f"https://static.demarches-simplifiees.fr/{number}/{checksum[:8]}/{name}",
-            "virusScanResult": "safe"}
+    return {
+        "__typename": "File",
+        "filename": name,
+        "contentType": content_type,
+        "checksum": checksum,
+        "byteSize": size,
+        "byteSizeBigInt": str(size),
+        "createdAt": iso(EPOCH_START),
+        "url": f"https://static.demarches-simplifiees.fr/{number}/{checksum[:8]}/{name}",
+        "virusScanResult": "safe",
+    }
 
 
 def _address(r: random.Random) -> tuple[dict, dict, dict]:
     num, street, postal, city, insee, dep, dep_name, reg, reg_name, lon, lat = r.choice(ADDRESSES)
     label = f"{num} {street} {postal} {city}"
-    address = {"label": label, "type": "housenumber", "streetAddress": f"{num} {street}", "streetNumber": num,
-               "streetName": street, "postalCode": postal, "cityName": city, "cityCode": insee,
-               "departmentName": dep_name, "departmentCode": dep, "regionName": reg_name, "regionCode": reg,
-               "countryCode": "FR", "countryName": "France",
-               "geometry": {"type": "Point", "coordinates": [lon, lat]}}
+    address = {
+        "label": label,
+        "type": "housenumber",
+        "streetAddress": f"{num} {street}",
+        "streetNumber": num,
+        "streetName": street,
+        "postalCode": postal,
+        "cityName": city,
+        "cityCode": insee,
+        "departmentName": dep_name,
+        "departmentCode": dep,
+        "regionName": reg_name,
+        "regionCode": reg,
+        "countryCode": "FR",
+        "countryName": "France",
+        "geometry": {"type": "Point", "coordinates": [lon, lat]},
+    }
     return address, {"name": city, "code": insee, "postalCode": postal}, {"name": dep_name, "code": dep}
 
 
 _EMPTY = {
-    "checkbox": {"value": False, "stringValue": "Non"}, "multiple_drop_down_list": {"values": []},
-    "piece_justificative": {"files": []}, "carte": {"geoAreas": [], "stringValue": ""},
+    "checkbox": {"value": False, "stringValue": "Non"},
+    "multiple_drop_down_list": {"values": []},
+    "piece_justificative": {"files": []},
+    "carte": {"geoAreas": [], "stringValue": ""},
     "titre_identite": {"filled": False, "grantType": "piece_justificative"},
 }
 
@@ -641,8 +923,11 @@ def _value(kind: str, desc: dict, r: random.Random, meta: DossierMeta, data: DSD
         return {"value": value, "stringValue": str(value)}
     if kind == "date":
         day = datetime.fromtimestamp((meta.depose + r.randrange(0, 200) * 86_400_000_000) // 1_000_000, PARIS)
-        return {"date": day.date().isoformat(), "value": day.replace(hour=0, minute=0, second=0).isoformat(),
-                "stringValue": day.strftime("%d/%m/%Y")}
+        return {
+            "date": day.date().isoformat(),
+            "value": day.replace(hour=0, minute=0, second=0).isoformat(),
+            "stringValue": day.strftime("%d/%m/%Y"),
+        }
     if kind == "datetime":
         moment = iso(meta.depose + r.randrange(0, 200 * 86_400) * 1_000_000)
         return {"datetime": moment, "stringValue": moment[:16].replace("T", " ")}
@@ -651,8 +936,11 @@ def _value(kind: str, desc: dict, r: random.Random, meta: DossierMeta, data: DSD
         return {"address": address, "commune": commune, "departement": departement, "stringValue": address["label"]}
     if kind == "communes":
         _, commune, departement = _address(r)
-        return {"commune": commune, "departement": departement,
-                "stringValue": f"{commune['name']} ({commune['postalCode']})"}
+        return {
+            "commune": commune,
+            "departement": departement,
+            "stringValue": f"{commune['name']} ({commune['postalCode']})",
+        }
     if kind == "departements":
         _, _, departement = _address(r)
         return {"departement": departement, "stringValue": f"{departement['code']} – {departement['name']}"}
@@ -665,33 +953,59 @@ def _value(kind: str, desc: dict, r: random.Random, meta: DossierMeta, data: DSD
     if kind == "epci":
         index = r.randrange(len(EPCIS))
         departement = {"name": ADDRESSES[index][6], "code": ADDRESSES[index][5]}
-        return {"epci": {"code": EPCIS[index][0], "name": EPCIS[index][1]}, "departement": departement,
-                "stringValue": EPCIS[index][1]}
+        return {
+            "epci": {"code": EPCIS[index][0], "name": EPCIS[index][1]},
+            "departement": departement,
+            "stringValue": EPCIS[index][1],
+        }
     if kind == "siret":
         address, _, _ = _address(r)
         siren = f"{r.randrange(10**8, 10**9)}"
         siret = siren + f"{r.randrange(10**4, 10**5)}"
         name = f"Association {r.choice(WORDS)} {r.choice(WORDS)}".upper()
-        etablissement = {"__typename": "PersonneMorale", "id": gid("Etablissement", siret), "siret": siret,
-                         "siegeSocial": r.random() < 0.7, "naf": "9499Z",
-                         "libelleNaf": "Autres organisations fonctionnant par adhésion volontaire",
-                         "address": address, "adresse": address["label"], "codeInseeLocalite": address["cityCode"],
-                         "codePostal": address["postalCode"], "localite": address["cityName"],
-                         "entreprise": {"siren": siren, "raisonSociale": name, "nomCommercial": "",
-                                        "siretSiegeSocial": siret, "inlineAdresse": address["label"],
-                                        "formeJuridique": "Association déclarée", "formeJuridiqueCode": "9220",
-                                        "capitalSocial": None, "numeroTvaIntracommunautaire": None,
-                                        "codeEffectifEntreprise": "11", "dateCreation": "2012-09-01", "nom": None,
-                                        "prenom": None, "attestationFiscaleAttachment": None,
-                                        "attestationSocialeAttachment": None},
-                         "association": None}
+        etablissement = {
+            "__typename": "PersonneMorale",
+            "id": gid("Etablissement", siret),
+            "siret": siret,
+            "siegeSocial": r.random() < 0.7,
+            "naf": "9499Z",
+            "libelleNaf": "Autres organisations fonctionnant par adhésion volontaire",
+            "address": address,
+            "adresse": address["label"],
+            "codeInseeLocalite": address["cityCode"],
+            "codePostal": address["postalCode"],
+            "localite": address["cityName"],
+            "entreprise": {
+                "siren": siren,
+                "raisonSociale": name,
+                "nomCommercial": "",
+                "siretSiegeSocial": siret,
+                "inlineAdresse": address["label"],
+                "formeJuridique": "Association déclarée",
+                "formeJuridiqueCode": "9220",
+                "capitalSocial": None,
+                "numeroTvaIntracommunautaire": None,
+                "codeEffectifEntreprise": "11",
+                "dateCreation": "2012-09-01",
+                "nom": None,
+                "prenom": None,
+                "attestationFiscaleAttachment": None,
+                "attestationSocialeAttachment": None,
+            },
+            "association": None,
+        }
         return {"etablissement": etablissement, "stringValue": siret}
     if kind in ("rna", "rnf"):
         address, commune, departement = _address(r)
-        ident = (f"W{r.randrange(10**8, 10**9)}" if kind == "rna"
-                 else f"{departement['code']}-FDD-{r.randrange(10**5):05d}")
-        return {kind: {"id": ident, "title": f"Association {r.choice(WORDS)}", "address": address},
-                "commune": commune, "departement": departement, "stringValue": ident}
+        ident = (
+            f"W{r.randrange(10**8, 10**9)}" if kind == "rna" else f"{departement['code']}-FDD-{r.randrange(10**5):05d}"
+        )
+        return {
+            kind: {"id": ident, "title": f"Association {r.choice(WORDS)}", "address": address},
+            "commune": commune,
+            "departement": departement,
+            "stringValue": ident,
+        }
     if kind == "engagement_juridique":
         montant = f"{r.randrange(1000, 90_000)}.00"
         return {"engagementJuridique": {"montantEngage": montant, "montantPaye": None}, "stringValue": montant}
@@ -708,17 +1022,37 @@ def _value(kind: str, desc: dict, r: random.Random, meta: DossierMeta, data: DSD
         _, _, _, _, insee, *_, lon, lat = r.choice(ADDRESSES)
         d = r.uniform(0.001, 0.01)
         ring = [[lon, lat], [lon + d, lat], [lon + d, lat + d], [lon, lat + d], [lon, lat]]
-        areas = [{"__typename": "SelectionUtilisateur", "id": gid("GeoArea", f"{meta.number}1"),
-                  "source": "selection_utilisateur", "description": "Zone du projet",
-                  "geometry": {"type": "Polygon", "coordinates": [ring]}}]
+        areas = [
+            {
+                "__typename": "SelectionUtilisateur",
+                "id": gid("GeoArea", f"{meta.number}1"),
+                "source": "selection_utilisateur",
+                "description": "Zone du projet",
+                "geometry": {"type": "Polygon", "coordinates": [ring]},
+            }
+        ]
         if r.random() < 0.5:
-            areas.append({"__typename": "ParcelleCadastrale", "id": gid("GeoArea", f"{meta.number}2"),
-                          "source": "cadastre", "description": None,
-                          "geometry": {"type": "Polygon", "coordinates": [ring]}, "commune": insee,
-                          "numero": f"{r.randrange(1, 999):04d}", "section": r.choice(("AB", "ZC", "0A")),
-                          "prefixe": "000", "surface": str(r.randrange(100, 20_000)),
-                          "codeArr": "000", "codeCom": insee[2:], "codeDep": insee[:2], "nomCom": "",
-                          "feuille": 1, "surfaceIntersection": 0.0, "surfaceParcelle": 0.0})
+            areas.append(
+                {
+                    "__typename": "ParcelleCadastrale",
+                    "id": gid("GeoArea", f"{meta.number}2"),
+                    "source": "cadastre",
+                    "description": None,
+                    "geometry": {"type": "Polygon", "coordinates": [ring]},
+                    "commune": insee,
+                    "numero": f"{r.randrange(1, 999):04d}",
+                    "section": r.choice(("AB", "ZC", "0A")),
+                    "prefixe": "000",
+                    "surface": str(r.randrange(100, 20_000)),
+                    "codeArr": "000",
+                    "codeCom": insee[2:],
+                    "codeDep": insee[:2],
+                    "nomCom": "",
+                    "feuille": 1,
+                    "surfaceIntersection": 0.0,
+                    "surfaceParcelle": 0.0,
+                }
+            )
         return {"geoAreas": areas, "stringValue": f"{len(areas)} zone(s)"}
     raise AssertionError(kind)
 
@@ -797,7 +1131,7 @@ def paginate(keys: list[tuple[int, int]], rows: list, first, last, after, before
             hi = bisect.bisect_left(keys, decode_cursor(before))
     window = rows[lo:hi][::-1] if desc else rows[lo:hi]
     if last is not None:
-        page = window[len(window) - limit:]
+        page = window[len(window) - limit :]
         return page, {"hasNextPage": before is not None, "hasPreviousPage": len(page) < len(window)}
     page = window[:limit]
     return page, {"hasNextPage": len(page) < len(window), "hasPreviousPage": after is not None}
@@ -821,8 +1155,21 @@ def build_ds_schema():
             raise _error("An object of type Demarche was hidden due to permissions", "unauthorized")
         return d
 
-    def connection(info, demarche: int, group: int | None, first=None, last=None, after=None, before=None,
-                   createdSince=None, updatedSince=None, state=None, archived=None, order="ASC", **_revisions):
+    def connection(
+        info,
+        demarche: int,
+        group: int | None,
+        first=None,
+        last=None,
+        after=None,
+        before=None,
+        createdSince=None,
+        updatedSince=None,
+        state=None,
+        archived=None,
+        order="ASC",
+        **_revisions,
+    ):
         ctx: Context = info.context
         by_update = updatedSince is not None  # updatedSince wins over createdSince
         keys, rows = ctx.data.listing(demarche, state, archived, group, by_update)
@@ -835,12 +1182,27 @@ def build_ds_schema():
         cursors = [encode_cursor(key(m), m.number) for m in page]
         nodes = [ctx.data.dossier_node(m) for m in page]
         ctx.served["dossiers"] += len(nodes)
-        return {"nodes": nodes, "edges": [{"cursor": c, "node": n} for c, n in zip(cursors, nodes, strict=True)],
-                "pageInfo": {**info_, "startCursor": cursors[0] if cursors else None,
-                             "endCursor": cursors[-1] if cursors else None}}
+        return {
+            "nodes": nodes,
+            "edges": [{"cursor": c, "node": n} for c, n in zip(cursors, nodes, strict=True)],
+            "pageInfo": {
+                **info_,
+                "startCursor": cursors[0] if cursors else None,
+                "endCursor": cursors[-1] if cursors else None,
+            },
+        }
 
-    def deleted_connection(info, demarche: int, group: int | None, first=None, last=None, after=None, before=None,
-                           deletedSince=None, order="ASC"):
+    def deleted_connection(
+        info,
+        demarche: int,
+        group: int | None,
+        first=None,
+        last=None,
+        after=None,
+        before=None,
+        deletedSince=None,
+        order="ASC",
+    ):
         rows = [m for m in info.context.data.deleted(demarche) if group is None or m.group == group]
         if deletedSince is not None:
             rows = [m for m in rows if m.deleted >= parse_datetime(deletedSince)]
@@ -848,12 +1210,21 @@ def build_ds_schema():
         page, info_ = paginate(keys, rows, first, last, after, before, order)
         cursors = [encode_cursor(m.deleted, m.number) for m in page]
         nodes = [deleted_node(m) for m in page]
-        return {"nodes": nodes, "edges": [{"cursor": c, "node": n} for c, n in zip(cursors, nodes, strict=True)],
-                "pageInfo": {**info_, "startCursor": cursors[0] if cursors else None,
-                             "endCursor": cursors[-1] if cursors else None}}
+        return {
+            "nodes": nodes,
+            "edges": [{"cursor": c, "node": n} for c, n in zip(cursors, nodes, strict=True)],
+            "pageInfo": {
+                **info_,
+                "startCursor": cursors[0] if cursors else None,
+                "endCursor": cursors[-1] if cursors else None,
+            },
+        }
 
-    empty_connection = {"nodes": [], "edges": [], "pageInfo": {"hasNextPage": False, "hasPreviousPage": False,
-                                                               "startCursor": None, "endCursor": None}}
+    empty_connection = {
+        "nodes": [],
+        "edges": [],
+        "pageInfo": {"hasNextPage": False, "hasPreviousPage": False, "startCursor": None, "endCursor": None},
+    }
 
     query = types["Query"].fields
 
@@ -894,14 +1265,17 @@ def build_ds_schema():
     demarche = types["Demarche"].fields
     demarche["dossiers"].resolve = lambda parent, info, **a: connection(info, parent["_number"], None, **a)
     demarche["deletedDossiers"].resolve = lambda parent, info, **a: deleted_connection(
-        info, parent["_number"], None, **a)
+        info, parent["_number"], None, **a
+    )
     demarche["pendingDeletedDossiers"].resolve = lambda *_a, **_k: empty_connection
     demarche["groupeInstructeurs"].resolve = lambda parent, info, closed=None: [
-        g for g in info.context.data.demarches[parent["_number"]].groups if closed is None or g["closed"] == closed]
+        g for g in info.context.data.demarches[parent["_number"]].groups if closed is None or g["closed"] == closed
+    ]
     group = types["GroupeInstructeurWithDossiers"].fields
     group["dossiers"].resolve = lambda parent, info, **a: connection(info, parent["_demarche"], parent["number"], **a)
     group["deletedDossiers"].resolve = lambda parent, info, **a: deleted_connection(
-        info, parent["_demarche"], parent["number"], **a)
+        info, parent["_demarche"], parent["number"], **a
+    )
     group["pendingDeletedDossiers"].resolve = lambda *_a, **_k: empty_connection
 
     dossier = types["Dossier"].fields
@@ -922,8 +1296,15 @@ def build_ds_schema():
     def columns(parent, _info):
         if parent["_kind"] == "RepetitionChamp":
             return []
-        return [{"__typename": "TextColumn", "id": parent["champDescriptorId"], "label": parent["label"],
-                 "stringValue": parent.get("stringValue"), "value": parent.get("stringValue")}]
+        return [
+            {
+                "__typename": "TextColumn",
+                "id": parent["champDescriptorId"],
+                "label": parent["label"],
+                "stringValue": parent.get("stringValue"),
+                "value": parent.get("stringValue"),
+            }
+        ]
 
     for type_name in {kind for _, kind in KINDS.values()}:
         fields = types[type_name].fields
@@ -931,12 +1312,14 @@ def build_ds_schema():
     # Kinds served as a fallback type read their own stored fields through that type's resolvers.
     types["TextChamp"].fields["value"].resolve = lambda parent, _info: parent.get("stringValue")
     types["CheckboxChamp"].fields["value"].resolve = lambda parent, _info: bool(parent.get("value"))
-    types["DateChamp"].fields["date"].resolve = lambda parent, _info: parent.get("date") or (
-        parent["datetime"][:10] if parent.get("datetime") else None)
+    types["DateChamp"].fields["date"].resolve = lambda parent, _info: (
+        parent.get("date") or (parent["datetime"][:10] if parent.get("datetime") else None)
+    )
     types["DateChamp"].fields["value"].resolve = lambda parent, _info: parent.get("value") or parent.get("datetime")
     types["PieceJustificativeChamp"].fields["file"].resolve = lambda parent, _info: (parent["files"] or [None])[0]
     types["RepetitionChamp"].fields["champs"].resolve = lambda parent, _info: [
-        c for row in parent["rows"] for c in row["champs"]]
+        c for row in parent["rows"] for c in row["champs"]
+    ]
 
     def linked(parent, info):
         meta = info.context.data.by_number.get(parent.get("dossier_number"))
@@ -1016,14 +1399,25 @@ class FixedWindowThrottle:
 
     def state(self) -> dict[str, object]:
         with self._lock:
-            return {"limit": self.limit, "period": self.period, "enforce": self.enforce, "accepted": self.accepted,
-                    "throttled": self.throttled, "over_limit_accepted": self.over_limit_accepted,
-                    "max_in_window": self.max_in_window, "before_reset": self.before_reset}
+            return {
+                "limit": self.limit,
+                "period": self.period,
+                "enforce": self.enforce,
+                "accepted": self.accepted,
+                "throttled": self.throttled,
+                "over_limit_accepted": self.over_limit_accepted,
+                "max_in_window": self.max_in_window,
+                "before_reset": self.before_reset,
+            }
 
 
 def throttled(reset_epoch: int) -> Response:
-    return Response(COWBOY, status_code=429, media_type="text/plain",
-                    headers={"RateLimit-Remaining": "0", "RateLimit-Reset": str(reset_epoch)})
+    return Response(
+        COWBOY,
+        status_code=429,
+        media_type="text/plain",
+        headers={"RateLimit-Remaining": "0", "RateLimit-Reset": str(reset_epoch)},
+    )
 
 
 def _base_error(message: str, code: str, status: int) -> Response:
@@ -1102,8 +1496,9 @@ def create_app(
     async def add_field(request: Request) -> Response:
         try:
             body = await body_of(request)
-            descriptor = data.add_field(_demarche(body), body.get("type", "text"), body.get("label"),
-                                        bool(body.get("annotation", False)))
+            descriptor = data.add_field(
+                _demarche(body), body.get("type", "text"), body.get("label"), bool(body.get("annotation", False))
+            )
         except ValueError as exc:
             return json_response({"error": str(exc)}, 400)
         return json_response({"descriptor": descriptor})
@@ -1116,8 +1511,11 @@ def create_app(
             return json_response({"error": str(exc)}, 400)
         return json_response({"deleted": deleted})
 
-    install(app, sandbox, Controls(describe=data.describe, mutate=data.mutate, reset_data=reset_data,
-                                   extra_state=extra_state))
+    install(
+        app,
+        sandbox,
+        Controls(describe=data.describe, mutate=data.mutate, reset_data=reset_data, extra_state=extra_state),
+    )
 
     # -------------------------------------------------------------- GraphQL
 
@@ -1145,16 +1543,18 @@ def create_app(
             document = parse(query)
         except GraphQLError as exc:
             count(parse_errors=1)
-            return json_response({"errors": [{**exc.formatted, "extensions": {"code": "graphql_parse_failed"}}],
-                                  "data": None}, 400)
+            return json_response(
+                {"errors": [{**exc.formatted, "extensions": {"code": "graphql_parse_failed"}}], "data": None}, 400
+            )
         errors = validate(SCHEMA, document, RULES)
         if errors:
             count(invalid=1)
             return json_response({"errors": [e.formatted for e in errors]})
         ctx = Context(data, fragment_types(document), rights.demarches if rights else frozenset())
         with data._lock:  # one consistent snapshot per request
-            result = execute_sync(SCHEMA, document, variable_values=variables, operation_name=operation_name,
-                                  context_value=ctx)
+            result = execute_sync(
+                SCHEMA, document, variable_values=variables, operation_name=operation_name, context_value=ctx
+            )
         count(queries=1, dossiers_served=ctx.served["dossiers"], errors=bool(result.errors))
         body: dict[str, object] = {}
         if result.errors:
@@ -1199,8 +1599,11 @@ def create_app(
             elif rights is not None and rights.forbidden_network:
                 sandbox.stats.add("unauthorized")
                 host = request.client.host if request.client else "127.0.0.1"
-                response = _base_error(f"Request issued from a forbidden network. Add {host}/32 to your allowed "
-                                       "adresses in your /profil", "forbidden", 403)
+                response = _base_error(
+                    f"Request issued from a forbidden network. Add {host}/32 to your allowed adresses in your /profil",
+                    "forbidden",
+                    403,
+                )
             else:
                 try:
                     payload = json.loads(await request.body() or b"null")

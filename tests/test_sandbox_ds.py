@@ -41,8 +41,12 @@ TYPED_CHAMPS = """query($n: Int!) { dossier(number: $n) { champs { __typename ch
 @pytest.fixture(scope="module")
 def sandbox():
     data = DSData(((101, 130, 40), (102, 60, 12)), seed=5)
-    tokens = {DEFAULT_TOKEN: TokenRights(), "only-102": TokenRights(demarches=frozenset({102})),
-              "expired": TokenRights(expired=True), "elsewhere": TokenRights(forbidden_network=True)}
+    tokens = {
+        DEFAULT_TOKEN: TokenRights(),
+        "only-102": TokenRights(demarches=frozenset({102})),
+        "expired": TokenRights(expired=True),
+        "elsewhere": TokenRights(forbidden_network=True),
+    }
     app = create_app(data, tokens=tokens, rate_limit=100_000)
     with serve(app) as url:
         yield url, app
@@ -112,10 +116,18 @@ def test_typename_depends_on_the_fragments_the_query_names(url, data):
     typed = {c["champDescriptorId"]: c["__typename"] for c in ok(url, TYPED_CHAMPS, {"n": number})["dossier"]["champs"]}
     for descriptor_id, kind in kinds.items():
         assert typed[descriptor_id] == kind
-        expected = {"AddressChamp": "TextChamp", "CommuneChamp": "TextChamp", "DepartementChamp": "TextChamp",
-                    "RegionChamp": "TextChamp", "PaysChamp": "TextChamp", "HeaderSectionChamp": "TextChamp",
-                    "ExplicationChamp": "TextChamp", "DropDownListChamp": "TextChamp",
-                    "YesNoChamp": "CheckboxChamp", "DatetimeChamp": "DateChamp"}.get(kind, kind)
+        expected = {
+            "AddressChamp": "TextChamp",
+            "CommuneChamp": "TextChamp",
+            "DepartementChamp": "TextChamp",
+            "RegionChamp": "TextChamp",
+            "PaysChamp": "TextChamp",
+            "HeaderSectionChamp": "TextChamp",
+            "ExplicationChamp": "TextChamp",
+            "DropDownListChamp": "TextChamp",
+            "YesNoChamp": "CheckboxChamp",
+            "DatetimeChamp": "DateChamp",
+        }.get(kind, kind)
         assert plain[descriptor_id] == expected
     assert set(kinds.values()) == {champ for _, champ in KINDS.values()}  # every champ type is generated
 
@@ -127,8 +139,14 @@ def test_invalid_queries_fail_like_the_real_server(url):
     broken = post(url, {"query": "{ demarche(number: 101) { id "})
     assert broken.status_code == 400 and broken.json()["errors"][0]["extensions"]["code"] == "graphql_parse_failed"
     # DS does not apply OverlappingFieldsCanBeMerged: the official persisted query (which breaks it) runs
-    body = post(url, {"query": PERSISTED_QUERIES["ds-query-v2"], "operationName": "getDemarche",
-                      "variables": {"demarcheNumber": 102, "includeDossiers": True, "first": 2}}).json()
+    body = post(
+        url,
+        {
+            "query": PERSISTED_QUERIES["ds-query-v2"],
+            "operationName": "getDemarche",
+            "variables": {"demarcheNumber": 102, "includeDossiers": True, "first": 2},
+        },
+    ).json()
     assert "errors" not in body and len(body["data"]["demarche"]["dossiers"]["nodes"]) == 2
 
 
@@ -139,8 +157,12 @@ def test_token_forms_and_errors(url):
     for headers in ({}, {"Authorization": "Bearer not-a-token"}, {"Authorization": f"bearer {DEFAULT_TOKEN}"}):
         refused = post(url, query, headers)
         assert refused.status_code == 403
-        assert refused.json() == {"errors": [{"message": "Without a token, only persisted queries are allowed",
-                                              "extensions": {"code": "forbidden"}}], "data": None}
+        assert refused.json() == {
+            "errors": [
+                {"message": "Without a token, only persisted queries are allowed", "extensions": {"code": "forbidden"}}
+            ],
+            "data": None,
+        }
     expired = post(url, query, {"Authorization": "Bearer expired"})
     assert expired.status_code == 401 and expired.json()["errors"][0]["message"] == "Token expired"
     assert post(url, query, {"Authorization": "Bearer elsewhere"}).status_code == 403
@@ -148,8 +170,9 @@ def test_token_forms_and_errors(url):
     assert hidden.status_code == 200
     assert hidden.json()["errors"][0]["message"] == "An object of type Demarche was hidden due to permissions"
     assert hidden.json()["errors"][0]["extensions"]["code"] == "unauthorized"
-    persisted = post(url, {"queryId": "ds-query-v2", "operationName": "getDemarche",
-                           "variables": {"demarcheNumber": 102}}, {})
+    persisted = post(
+        url, {"queryId": "ds-query-v2", "operationName": "getDemarche", "variables": {"demarcheNumber": 102}}, {}
+    )
     assert persisted.status_code == 200 and persisted.json()["errors"][0]["extensions"]["code"] == "unauthorized"
     missing = post(url, {"query": "{ demarche(number: 999) { number } }"}).json()
     assert missing["errors"][0]["message"] == "Demarche not found"
@@ -160,11 +183,15 @@ def test_deleted_dossiers_and_new_fields(url, data):
     requests.post(f"{url}/_sandbox/delete_dossier", json={"number": number}, timeout=10).raise_for_status()
     nodes, _ = walk(url)
     assert number not in {n["number"] for n in nodes} and len(nodes) == 59
-    deleted = ok(url, "{ demarche(number: 102) { deletedDossiers(deletedSince: \"2026-01-01T00:00:00Z\") "
-                      "{ nodes { number reason dateSupression } } } }")["demarche"]["deletedDossiers"]["nodes"]
+    deleted = ok(
+        url,
+        '{ demarche(number: 102) { deletedDossiers(deletedSince: "2026-01-01T00:00:00Z") '
+        "{ nodes { number reason dateSupression } } } }",
+    )["demarche"]["deletedDossiers"]["nodes"]
     assert [d["number"] for d in deleted] == [number]
-    added = requests.post(f"{url}/_sandbox/add_field", json={"demarche": 102, "type": "yes_no", "label": "Nouveau"},
-                          timeout=10).json()["descriptor"]
+    added = requests.post(
+        f"{url}/_sandbox/add_field", json={"demarche": 102, "type": "yes_no", "label": "Nouveau"}, timeout=10
+    ).json()["descriptor"]
     labels = ok(url, "{ demarche(number: 102) { activeRevision { champDescriptors { id label } } } }")
     assert labels["demarche"]["activeRevision"]["champDescriptors"][-1] == {"id": added["id"], "label": "Nouveau"}
 

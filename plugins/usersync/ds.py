@@ -79,10 +79,17 @@ def _connection(data: dict[str, Any], name: str) -> tuple[list[dict], str | None
     return nodes, cursor if more else None
 
 
-def dossiers_paginator(api: ApiClient, demarche: int, *, states: tuple[str, ...] | None = None,
-                       created_since: str | None = None, updated_since: str | None = None,
-                       groupes: set[int] | None = None, order: str | None = None,
-                       page_size: int = PAGE_SIZE) -> Paginator:
+def dossiers_paginator(
+    api: ApiClient,
+    demarche: int,
+    *,
+    states: tuple[str, ...] | None = None,
+    created_since: str | None = None,
+    updated_since: str | None = None,
+    groupes: set[int] | None = None,
+    order: str | None = None,
+    page_size: int = PAGE_SIZE,
+) -> Paginator:
     """Pages of the démarche's dossiers for `fetch_to_staging` (first state: `first_page()`).
 
     DS filters on one state per query, so several `states` are walked one after the other; None = every state.
@@ -96,8 +103,9 @@ def dossiers_paginator(api: ApiClient, demarche: int, *, states: tuple[str, ...]
 
     def fetch(state: dict[str, Any]) -> Page:
         index = state["state"]
-        data = query(api, "dossiers", {**base, "state": walk[index], "first": min(page_size, PAGE_SIZE),
-                                       "after": state["after"]})
+        data = query(
+            api, "dossiers", {**base, "state": walk[index], "first": min(page_size, PAGE_SIZE), "after": state["after"]}
+        )
         nodes, cursor = _connection(data, "dossiers")
         if groupes is not None:
             nodes = [n for n in nodes if (n.get("groupeInstructeur") or {}).get("number") in groupes]
@@ -116,8 +124,11 @@ def deleted_paginator(api: ApiClient, demarche: int, deleted_since: str | None =
     """Pages of the dossiers deleted since `deleted_since` (everything when None), for `fetch_to_staging`."""
 
     def fetch(state: dict[str, Any]) -> Page:
-        data = query(api, "deleted_dossiers", {"demarcheNumber": demarche, "deletedSince": deleted_since,
-                                               "first": PAGE_SIZE, "after": state["after"]})
+        data = query(
+            api,
+            "deleted_dossiers",
+            {"demarcheNumber": demarche, "deletedSince": deleted_since, "first": PAGE_SIZE, "after": state["after"]},
+        )
         nodes, cursor = _connection(data, "deletedDossiers")
         return Page(nodes, {"after": cursor} if cursor else None)
 
@@ -220,8 +231,13 @@ def descriptor_column(descriptor: dict[str, Any]) -> Column:
     if kind(descriptor) == "Civilite":
         options = ("M", "Mme")
     typ = GRIST_TYPES.get(kind(descriptor), "Text")
-    return Column(column_id(descriptor["id"]), descriptor["label"], typ,
-                  options if typ in ("Choice", "ChoiceList") else (), descriptor["id"])
+    return Column(
+        column_id(descriptor["id"]),
+        descriptor["label"],
+        typ,
+        options if typ in ("Choice", "ChoiceList") else (),
+        descriptor["id"],
+    )
 
 
 @dataclass
@@ -241,8 +257,12 @@ def schema(descriptors: dict[str, Any]) -> Schema:
     revision = descriptors["activeRevision"]
     labels = tuple(label["name"] for label in descriptors.get("labels") or ())
     dossier_columns = [Column(c.id, c.label, c.type, labels) if c.id == "labels" else c for c in DOSSIER_COLUMNS]
-    tables: dict[str, list[Column]] = {"dossiers": dossier_columns, "champs": [KEY], "annotations": [KEY],
-                                       "repetable_rows": list(ROW_COLUMNS)}
+    tables: dict[str, list[Column]] = {
+        "dossiers": dossier_columns,
+        "champs": [KEY],
+        "annotations": [KEY],
+        "repetable_rows": list(ROW_COLUMNS),
+    }
     blocks = {}
     for table, key in (("champs", "champDescriptors"), ("annotations", "annotationDescriptors")):
         for descriptor in revision[key]:
@@ -329,14 +349,20 @@ def flatten(dossier: dict[str, Any], schema: Schema) -> dict[str, list[dict[str,
     group = dossier.get("groupeInstructeur") or {}
     labels = [label["name"] for label in dossier.get("labels") or []]
     main = {
-        "number": number, "dossier_id": dossier["id"], "state": dossier["state"],
-        "archived": bool(dossier.get("archived")), "date_depot": _epoch(dossier.get("dateDepot")),
+        "number": number,
+        "dossier_id": dossier["id"],
+        "state": dossier["state"],
+        "archived": bool(dossier.get("archived")),
+        "date_depot": _epoch(dossier.get("dateDepot")),
         "date_passage_en_instruction": _epoch(dossier.get("datePassageEnInstruction")),
         "date_traitement": _epoch(dossier.get("dateTraitement")),
         "date_derniere_modification": _epoch(dossier.get("dateDerniereModification")),
-        "groupe_instructeur_number": group.get("number"), "groupe_instructeur": group.get("label"),
-        "usager_email": (dossier.get("usager") or {}).get("email"), "demandeur": _demandeur(dossier.get("demandeur")),
-        "motivation": dossier.get("motivation"), "labels": ["L", *labels] if labels else None,
+        "groupe_instructeur_number": group.get("number"),
+        "groupe_instructeur": group.get("label"),
+        "usager_email": (dossier.get("usager") or {}).get("email"),
+        "demandeur": _demandeur(dossier.get("demandeur")),
+        "motivation": dossier.get("motivation"),
+        "labels": ["L", *labels] if labels else None,
     }
     rows: dict[str, list[dict[str, Any]]] = {"dossiers": [main]}
     inner = schema.by_descriptor("repetable_rows")
@@ -349,15 +375,30 @@ def flatten(dossier: dict[str, Any], schema: Schema) -> dict[str, list[dict[str,
             if block is None:
                 continue
             for index, row in enumerate(champ.get("rows") or []):
-                repeated.append({"number": number, "row_id": row["id"], "row_index": index,
-                                 "block": column_id(block["id"]), "block_label": block["label"],
-                                 **_values(row.get("champs") or [], inner)})
+                repeated.append(
+                    {
+                        "number": number,
+                        "row_id": row["id"],
+                        "row_index": index,
+                        "block": column_id(block["id"]),
+                        "block_label": block["label"],
+                        **_values(row.get("champs") or [], inner),
+                    }
+                )
     rows["repetable_rows"] = repeated
     return rows
 
 
 def instructeur_rows(groupes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The `instructeurs` table: one row per (instructor, group)."""
-    return [{"groupe_number": g["number"], "groupe": g["label"], "groupe_closed": bool(g.get("closed")),
-             "instructeur_id": i["id"], "email": i["email"]}
-            for g in groupes for i in g.get("instructeurs") or []]
+    return [
+        {
+            "groupe_number": g["number"],
+            "groupe": g["label"],
+            "groupe_closed": bool(g.get("closed")),
+            "instructeur_id": i["id"],
+            "email": i["email"],
+        }
+        for g in groupes
+        for i in g.get("instructeurs") or []
+    ]
