@@ -184,6 +184,7 @@ def test_deleted_dossiers_and_instructeurs(api, url, data):
     rows = ds.instructeur_rows(ds.fetch_groupes(api, DEMARCHE))
     truth = data.demarches[DEMARCHE].groups
     assert len(rows) == sum(len(g["instructeurs"]) for g in truth)
+    assert all(list(row) == [c.id for c in ds.INSTRUCTEUR_COLUMNS] for row in rows)
     assert {(r["groupe_number"], r["email"]) for r in rows} == {
         (g["number"], i["email"]) for g in truth for i in g["instructeurs"]
     }

@@ -389,8 +389,17 @@ def flatten(dossier: dict[str, Any], schema: Schema) -> dict[str, list[dict[str,
     return rows
 
 
+INSTRUCTEUR_COLUMNS = (  # key: (groupe_number, instructeur_id)
+    Column("groupe_number", "Groupe instructeur (numéro)", "Int"),
+    Column("groupe", "Groupe instructeur", "Text"),
+    Column("groupe_closed", "Groupe fermé", "Bool"),
+    Column("instructeur_id", "ID de l'instructeur", "Text"),
+    Column("email", "Email de l'instructeur", "Text"),
+)
+
+
 def instructeur_rows(groupes: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The `instructeurs` table: one row per (instructor, group)."""
+    """The `instructeurs` table (INSTRUCTEUR_COLUMNS): one row per (instructor, group)."""
     return [
         {
             "groupe_number": g["number"],
