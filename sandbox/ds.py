@@ -1611,7 +1611,8 @@ def create_app(
                     payload = None
                 if rights is None:
                     sandbox.stats.add("unauthorized")  # unknown or missing token: only persisted queries run
-                response = sandbox.finish(run(payload, rights), roll)
+                # in a worker thread: a big page takes a second or two, control endpoints stay responsive
+                response = sandbox.finish(await asyncio.to_thread(run, payload, rights), roll)
         response.headers["X-Request-Id"] = base64.b16encode(random.randbytes(8)).decode().lower()
         response.headers["X-Runtime"] = f"{time.perf_counter() - started:.6f}"
         return response
