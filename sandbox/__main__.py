@@ -172,8 +172,49 @@ def _infrazen(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(build=build)
 
 
+def _ds(sub: argparse._SubParsersAction) -> None:
+    from sandbox import ds
+
+    parser = sub.add_parser(
+        "ds", help="Démarches Simplifiées GraphQL API v2", description="Démarches Simplifiées GraphQL API v2 sandbox"
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8046, help="0 picks a free port")
+    parser.add_argument(
+        "--demarche", action="append", metavar="NUMBER:DOSSIERS:CHAMPS",
+        help="a démarche to generate (repeatable; default 101:120:40 and 102:60:12)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated data")
+    parser.add_argument("--token", default=ds.DEFAULT_TOKEN, help="the API token (reads every démarche)")
+    parser.add_argument("--rate-limit", type=int, default=ds.RATE_LIMIT, help="requests per token per window")
+    parser.add_argument("--rate-period", type=int, default=ds.RATE_PERIOD, help="window, seconds")
+    parser.add_argument(
+        "--no-throttle", action="store_true", help="accept every request; count the ones over the limit"
+    )
+    add_fault_arguments(parser)
+
+    def build(args: argparse.Namespace):
+        try:
+            specs = tuple(tuple(int(x) for x in spec.split(":")) for spec in args.demarche or ())
+        except ValueError as exc:
+            raise ValueError("--demarche takes NUMBER:DOSSIERS:CHAMPS, e.g. 101:10000:40") from exc
+        if any(len(spec) != 3 for spec in specs):
+            raise ValueError("--demarche takes NUMBER:DOSSIERS:CHAMPS, e.g. 101:10000:40")
+        data = ds.DSData(specs, args.seed) if specs else ds.DSData(seed=args.seed)
+        return ds.create_app(
+            data,
+            tokens={args.token: ds.TokenRights()},
+            rate_limit=args.rate_limit,
+            rate_period=args.rate_period,
+            enforce_limit=not args.no_throttle,
+            faults=faults_from_args(args),
+        )
+
+    parser.set_defaults(build=build)
+
+
 # One entry per API; later APIs add theirs here.
-_APIS = [_intra42, _portaildf, _gazelle, _infrazen, _grist]
+_APIS = [_intra42, _portaildf, _gazelle, _infrazen, _grist, _ds]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -399,8 +399,13 @@ class ApiClient:
 
 
 def _retry_after(response: requests.Response) -> float:
+    """Seconds to wait after a 429: Retry-After, else RateLimit-Reset (epoch seconds, as Démarches Simplifiées
+    sends it, or seconds from now), else 1."""
     try:
-        return max(float(response.headers.get("Retry-After", 1)), 0.0)
+        if "Retry-After" in response.headers:
+            return max(float(response.headers["Retry-After"]), 0.0)
+        reset = float(response.headers.get("RateLimit-Reset", 1))
+        return max(reset - time.time() if reset > 1e9 else reset, 0.0)
     except ValueError:
         return 1.0
 
