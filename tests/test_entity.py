@@ -211,6 +211,9 @@ def test_intra42_declaration_stages_like_stage_users_sql(pg):
         42,
         student(3, wallet=99),
         student(112, updated_at="2025-06-01 10:00:00+02"),
+        student(113, id=1.0),
+        student(114, id=10**18),
+        student(115, wallet=-999_999_999, correction_point=-(10**9)),
     ]
     hand, generated = make_schema(pg.url, "entity_hand"), make_schema(pg.url, "entity_generated")
     for db in (hand, generated):
@@ -223,7 +226,7 @@ def test_intra42_declaration_stages_like_stage_users_sql(pg):
     assert (
         generated.stage(INTRA42_USERS, records)
         == hand_counts
-        == {"received": 46, "staged": 30, "quarantined": 15, "duplicates": 1}
+        == {"received": 49, "staged": 30, "quarantined": 18, "duplicates": 1}
     )
     table = "SELECT to_jsonb(d) - 'ingested_at' FROM users_delta d ORDER BY id"
     assert generated.rows(table) == hand.rows(table)

@@ -13,7 +13,7 @@ INTRA42_USERS = Entity(
     "users",
     key="id",
     columns=(
-        Column("id", "bigint", required=True, check="^[0-9]+$"),
+        Column("id", "bigint", required=True, condition="record->>'id' NOT LIKE '-%'"),  # (cheaper than a regex)
         Column("login", required=True, check="."),  # an empty login is refused
         Column("email", required=True),
         Column("first_name"),
@@ -38,7 +38,12 @@ PORTAILDF_LOOKUPS = Entity(
         Column("user_id", required=True),
         Column("email", required=True),
         Column("outcome", required=True, check=("found", "not_found", "failed")),
-        Column("id_user", "bigint", path="record.id_user", check="^[0-9]+$"),
+        Column(
+            "id_user",
+            "bigint",
+            path="record.id_user",
+            condition="coalesce(record->'record'->>'id_user', '') NOT LIKE '-%'",
+        ),
         Column(
             "exterieur",
             "boolean",

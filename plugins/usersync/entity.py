@@ -23,17 +23,25 @@ from typing import Any
 
 from psycopg import sql
 
-_DATE = (
-    r"(?!0000)[0-9]{4}-(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])|(?:0[13-9]|1[0-2])-(?:29|30)"
-    r"|(?:0[13578]|1[02])-31|02-29)"
-)  # every day any year has; 02-29 is checked against the year apart
+# Dates and times: the regex bounds every field; which days a month has is checked apart (_DAY_EXISTS), as a
+# regex spelling it out (or a lookahead for year 0000) costs twice as much.
+_DATE = r"[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
 _TIME = r"(?:[01][0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9](?:\.[0-9]{1,9})?)?"
 _ZONE = r"(?:Z|[+-](?:0[0-9]|1[0-5])(?::?[0-5][0-9])?)"  # Postgres takes offsets up to ±15:59
 
+_DAY_EXISTS = (  # for a text the regex matched: year 0000, or a day its month lacks (Feb 29 in leap years only)
+    "left({t}, 4) = '0000' OR substr({t}, 9, 2) > '28' AND ("
+    "substr({t}, 6, 5) IN ('02-30', '02-31', '04-31', '06-31', '09-31', '11-31') "
+    "OR substr({t}, 6, 5) = '02-29' AND NOT ({y} % 4 = 0 AND ({y} % 100 <> 0 OR {y} % 400 = 0)))"
+)
+# A JSON number's text is jsonb's numeric output: [-]digits[.digits], never an exponent; so digits and no '.'
+# (as many as always fit) make a castable integer, without a regex.
+_DIGITS = {"bigint": 18, "integer": 9}
+
 # type -> (JSON type a value must have, what the reason says it is not, regex its text must match)
 TYPES: dict[str, tuple[str | None, str, str | None]] = {
-    "bigint": ("number", "an integer", r"^-?[0-9]{1,18}$"),  # 18 digits always fit in a bigint
-    "integer": ("number", "an integer", r"^-?[0-9]{1,9}$"),
+    "bigint": ("number", "an integer", None),
+    "integer": ("number", "an integer", None),
     "numeric": ("number", "a number", None),
     "boolean": ("boolean", "a boolean", None),
     "text": ("string", "a string", None),
@@ -58,7 +66,7 @@ class Column:
     check: str | Sequence[str] | None = None  # a regex the value's text must match, or the allowed values
     max_length: int | None = None  # text only
     keep_non_empty: bool = False  # an empty incoming value never overwrites a non-empty stored one
-    condition: str | None = None  # trusted SQL over `record` that must hold (after the type checks)
+    condition: str | None = None  # trusted SQL over `record` that must be true (NULL fails), after the type checks
     expression: str | sql.Composable | None = None  # trusted SQL over `record` instead of a path: computed
     refusal: str | None = None  # the reason a record is refused for this column (default: from type/check)
 
@@ -343,13 +351,15 @@ def _breaks(c: Column, record: sql.Composable) -> list[sql.Composable]:
         breaks = [sql.SQL("{} NOT IN ({}, 'null')").format(kind, sql.Literal(json_type))]
     if pattern:  # NULL text (an optional value left out) matches no condition below
         breaks.append(sql.SQL("{} !~ {}").format(text, sql.Literal(pattern)))
-    if c.type in ("date", "timestamptz"):  # Feb 29 only in leap years; the regex made these casts safe
-        year = sql.SQL("substr({}, 1, 4)::integer").format(text)
+    if c.type in _DIGITS:
         breaks.append(
-            sql.SQL("substr({t}, 6, 5) = '02-29' AND NOT ({y} % 4 = 0 AND ({y} % 100 <> 0 OR {y} % 400 = 0))").format(
-                t=text, y=year
+            sql.SQL("strpos({t}, '.') > 0 OR length(ltrim({t}, '-')) > {n}").format(
+                t=text, n=sql.Literal(_DIGITS[c.type])
             )
         )
+    if c.type in ("date", "timestamptz"):  # the regex before makes the year's cast safe
+        year = sql.SQL("substr({}, 1, 4)::integer").format(text)
+        breaks.append(sql.SQL(_DAY_EXISTS).format(t=text, y=year))
     if c.type == "text[]":
         breaks.append(
             sql.SQL("jsonb_typeof({v}) = 'array' AND jsonb_path_exists({v}, '$[*] ? (@.type() != \"string\")')").format(
