@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from conftest import ROOT
 from psycopg import sql as q
-from usersync.entities import INTRA42_USERS
+from usersync.entities import INTRA42_USERS, PORTAILDF_LOOKUPS
 from usersync.entity import Column, Entity, create_sql, delete_sql, load_order, stage_sql, upsert_sql
 
 RUN = "manual__entity"
@@ -229,6 +229,52 @@ def test_intra42_declaration_stages_like_stage_users_sql(pg):
         == {"received": 49, "staged": 30, "quarantined": 18, "duplicates": 1}
     )
     table = "SELECT to_jsonb(d) - 'ingested_at' FROM users_delta d ORDER BY id"
+    assert generated.rows(table) == hand.rows(table)
+    quarantine = "SELECT reason, record FROM quarantine ORDER BY record::text"
+    assert generated.rows(quarantine) == hand.rows(quarantine)
+
+
+def test_portaildf_lookups_stage_like_stage_users_sql(pg):
+    def answer(n: int, outcome: str = "found", **record) -> dict:
+        found = {"id_user": n, "exterieur": n % 2 == 0, "gestionnaire": n % 3 == 0, **record}
+        return {
+            "user_id": str(n),
+            "email": f"u{n}@example.fr",
+            "outcome": outcome,
+            **({"record": found} if outcome == "found" else {}),
+            **({"reason": "HTTP 500"} if outcome == "failed" else {}),
+        }
+
+    records = [answer(n) for n in range(1, 13)] + [
+        answer(20, "not_found"),
+        answer(21, "failed"),
+        answer(22, "maybe"),
+        {"email": "x@example.fr"},
+        answer(23, exterieur="yes"),
+        answer(24, gestionnaire=None),
+        answer(25, id_user="7"),
+        answer(26, id_user=None),
+        {**answer(27), "email": None},
+        answer(1, exterieur=True, gestionnaire=True),
+        [1],
+    ]
+    hand, generated = make_schema(pg.url, "entity_hand"), make_schema(pg.url, "entity_generated")
+    for db in (hand, generated):
+        db.run((SQL_DIR / "portaildf" / "create_users_delta.sql").read_text())
+        db.run("CREATE UNLOGGED TABLE users_raw (seq bigint GENERATED ALWAYS AS IDENTITY, record jsonb NOT NULL)")
+    hand.land(PORTAILDF_LOOKUPS, records)
+    hand_counts = hand.run(
+        (SQL_DIR / "portaildf" / "stage_users.sql").read_text(), params={"run_id": RUN, "entity": "users"}
+    )
+
+    counts = generated.stage(PORTAILDF_LOOKUPS, records)
+
+    assert (
+        counts
+        == {k: hand_counts[k] for k in counts}
+        == {"received": 23, "staged": 15, "quarantined": 7, "duplicates": 1}
+    )
+    table = "SELECT * FROM users_delta ORDER BY user_id"
     assert generated.rows(table) == hand.rows(table)
     quarantine = "SELECT reason, record FROM quarantine ORDER BY record::text"
     assert generated.rows(quarantine) == hand.rows(quarantine)

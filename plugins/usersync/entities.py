@@ -1,8 +1,12 @@
 """The existing syncs' entities, declared as data (see usersync.entity).
 
 INTRA42_USERS matches include/sql/intra42/create_users.sql and stage_users.sql (same columns, types, checks
-and reasons; dates are also checked to exist). PORTAILDF_LOOKUPS is the shape of Portail DF's users_delta:
-its stage fits, its table does not (the sync updates the application's own `users`, see portaildf's SQL).
+and reasons; dates are also checked to exist; a stored student is never replaced by an older updated_at).
+
+PORTAILDF_LOOKUPS is the shape of Portail DF's users_delta: its stage fits, its tables do not (users_delta is
+not LIKE users, and the sync updates the application's own `users`: keep portaildf's create/upsert SQL).
+It differs from stage_users.sql in two corners: a found answer whose `record` is not an object is refused
+for "exterieur: missing or not a boolean" (not "record: ..."), and id_user is checked whatever the outcome.
 """
 
 from __future__ import annotations
@@ -37,7 +41,12 @@ PORTAILDF_LOOKUPS = Entity(
     columns=(
         Column("user_id", required=True),
         Column("email", required=True),
-        Column("outcome", required=True, check=("found", "not_found", "failed")),
+        Column(
+            "outcome",
+            required=True,
+            check=("found", "not_found", "failed"),
+            refusal="outcome: not one of found, not_found, failed",
+        ),
         Column(
             "id_user",
             "bigint",
