@@ -101,7 +101,7 @@ class Entity:
     parent_key: str | None = None  # child only
     cursor: str | None = None  # replication key: a stored row is never replaced by an older one
     deletion: str = "none"  # rows the source no longer returns: none | mark (deleted_at) | remove
-    deleted_status: tuple[str, Any] | None = None  # with "mark": also set this column to this value
+    deleted_status: tuple[str, Any] | None = None  # with "mark": set this column to this value, not deleted_at
     indexes: Sequence[str | Sequence[str]] = ()  # besides references, cursor and parent key
 
     def __post_init__(self):
@@ -155,6 +155,10 @@ class Entity:
             raise ValueError(f"entity {self.name!r}: {'; '.join(problems)}")
 
     @property
+    def has_deleted_at(self) -> bool:
+        return self.deletion == "mark" and not self.deleted_status
+
+    @property
     def tables(self) -> list[str]:
         """The tables this declaration owns (children included)."""
         return [self.name, *(c.name for c in self.children)]
@@ -206,7 +210,7 @@ def create_sql(entity: Entity) -> list[sql.Composed]:
             for c in e.columns
         ]
         columns.append(sql.SQL("ingested_at timestamptz NOT NULL DEFAULT now()"))
-        if e.deletion == "mark":
+        if e.has_deleted_at:
             columns.append(sql.SQL("deleted_at timestamptz"))
         columns.append(sql.SQL("PRIMARY KEY ({})").format(_names(e.key)))
         statements += [
@@ -420,7 +424,7 @@ def upsert_sql(entity: Entity) -> sql.Composed:
     table, delta = sql.Identifier(entity.name), sql.Identifier(f"{entity.name}_delta")
     names = [c.name for c in entity.columns]
     values = [_kept(c) if c.keep_non_empty else sql.SQL("d.{}").format(sql.Identifier(c.name)) for c in entity.columns]
-    if entity.deletion == "mark":  # a row that comes back is no longer deleted
+    if entity.has_deleted_at:  # a row that comes back is no longer deleted (a status comes with the row)
         names, values = [*names, "deleted_at"], [*values, sql.SQL("NULL::timestamptz")]
     compared = [
         (sql.SQL("t.{}").format(sql.Identifier(n)), v)
@@ -475,7 +479,7 @@ def delete_sql(
     window: tuple[str, Any, Any] | None = None,
     parent: Entity | None = None,
 ) -> sql.Composed:
-    """Apply the deletion policy to the rows the delta lacks: mark them (deleted_at, and deleted_status) or
+    """Apply the deletion policy to the rows the delta lacks: mark them (deleted_at, or deleted_status) or
     remove them. Only within `window` = (column, from, to) [from, to), only rows last written before
     `fetch_started`, never a record quarantined in this run; for a child, only the children of the parents
     in the parent's delta. Returns marked, removed, and active_before (the rows in scope before: the guard).
@@ -483,7 +487,15 @@ def delete_sql(
     if entity.deletion == "none":
         raise ValueError(f"entity {entity.name!r} has no deletion policy")
     table, delta = sql.Identifier(entity.name), sql.Identifier(f"{entity.name}_delta")
-    scope = [sql.SQL("deleted_at IS NULL")] if entity.deletion == "mark" else []
+    scope, sets = [], [sql.SQL("deleted_at = now()")]
+    if entity.deleted_status:
+        status, value = sql.Identifier(entity.deleted_status[0]), sql.Literal(entity.deleted_status[1])
+        scope, sets = (
+            [sql.SQL("{} IS DISTINCT FROM {}").format(status, value)],
+            [sql.SQL("{} = {}").format(status, value)],
+        )
+    elif entity.has_deleted_at:
+        scope = [sql.SQL("deleted_at IS NULL")]
     if window:
         scope.append(
             sql.SQL("{0} >= {1} AND {0} < {2}").format(sql.Identifier(window[0]), *map(sql.Literal, window[1:]))
@@ -512,14 +524,7 @@ def delete_sql(
     if fetch_started is not None:
         gone.append(sql.SQL("t.ingested_at < {}").format(sql.Literal(fetch_started)))
     if entity.deletion == "mark":
-        sets = [sql.SQL("deleted_at = now(), ingested_at = now()")]
-        if entity.deleted_status:
-            sets.append(
-                sql.SQL("{} = {}").format(
-                    sql.Identifier(entity.deleted_status[0]), sql.Literal(entity.deleted_status[1])
-                )
-            )
-        change = sql.SQL("UPDATE {} t SET {}").format(table, sql.SQL(", ").join(sets))
+        change = sql.SQL("UPDATE {} t SET {}, ingested_at = now()").format(table, sql.SQL(", ").join(sets))
     else:
         change = sql.SQL("DELETE FROM {} t").format(table)
     in_scope = sql.SQL(" AND ").join(scope) if scope else sql.SQL("true")
