@@ -536,6 +536,24 @@ def test_remove_within_a_window(db):
     ]
 
 
+def test_a_key_of_two_columns(db):
+    entity = Entity(
+        "memberships",
+        key=("group", "user"),
+        deletion="mark",
+        columns=[Column("group", required=True), Column("user", "bigint", required=True), Column("role")],
+    )
+    db.create(entity)
+    rows = [{"group": g, "user": u, "role": "member"} for g in ("a", "b") for u in (1, 2)]
+    assert db.load(entity, [*rows, {**rows[0], "role": "owner"}]) == (
+        {"received": 5, "staged": 4, "quarantined": 0, "duplicates": 1},
+        {"inserted": 4, "updated": 0, "unchanged": 0},
+    )
+    assert db.load(entity, rows[1:])[1] == {"inserted": 0, "updated": 0, "unchanged": 3}
+    assert db.run(delete_sql(entity, RUN)) == {"marked": 1, "removed": 0, "active_before": 4}
+    assert db.rows('SELECT "group", "user", role FROM memberships WHERE deleted_at IS NOT NULL') == [("a", 1, "owner")]
+
+
 def test_no_deletion_policy_has_no_deletion_statement():
     with pytest.raises(ValueError, match="no deletion policy"):
         delete_sql(Entity("x", key="id", columns=[Column("id")]), RUN)
@@ -737,6 +755,7 @@ def test_from_dict_equals_the_dataclasses():
         ({"columns": [Column("id"), Column("id")]}, "declared twice"),
         ({"columns": [Column("id"), Column("deleted_at")]}, "reserved"),
         ({"cursor": "updated"}, "no column 'updated'"),
+        ({"key": "nope"}, "no column 'nope'"),
         ({"references": {"client": "clients"}}, "no column 'client'"),
         ({"deletion": "purge"}, "not one of none, mark, remove"),
         ({"deleted_status": ("id", "x")}, 'needs deletion="mark"'),

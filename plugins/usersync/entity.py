@@ -116,16 +116,20 @@ class Entity:
             set_("path", tuple(self.path))
         if self.deleted_status is not None:
             set_("deleted_status", tuple(self.deleted_status))
-        set_("children", tuple(self._adopt(c if isinstance(c, Entity) else Entity.from_dict(c)) for c in self.children))
+        set_("children", tuple(c if isinstance(c, Entity) else Entity.from_dict(c) for c in self.children))
         self._validate()
+        set_("children", tuple(map(self._adopt, self.children)))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Entity:
         """From plain data (JSON): columns and children as dicts, paths as lists or dotted strings."""
-        return cls(**{k: v for k, v in data.items()})
+        return cls(**data)
 
     def column(self, name: str) -> Column:
-        return next(c for c in self.columns if c.name == name)
+        for column in self.columns:
+            if column.name == name:
+                return column
+        raise KeyError(f"entity {self.name!r} has no column {name!r}")
 
     def _adopt(self, child: Entity) -> Entity:
         """A child with its parent-key column (typed like the parent's key) added."""
@@ -172,13 +176,10 @@ def load_order(entities: Iterable[Entity]) -> list[Entity]:
     References to entities not in the list are left out (another sync loads them)."""
     entities = list(entities)
     owner = {name: e.name for e in entities for name in e.tables}
-    needs = {
-        e.name: {
-            owner[_target(t)[0]] for x in (e, *e.children) for t in x.references.values() if _target(t)[0] in owner
-        }
-        - {e.name}
-        for e in entities
-    }
+    needs = {}
+    for e in entities:
+        targets = {_target(r)[0] for x in (e, *e.children) for r in x.references.values()}
+        needs[e.name] = {owner[t] for t in targets if t in owner} - {e.name}
     order: list[Entity] = []
     while len(order) < len(entities):
         placed = {e.name for e in order}
