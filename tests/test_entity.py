@@ -718,6 +718,19 @@ def test_names_that_need_quoting(db):
     assert db.rows("SELECT count(*) FROM pg_indexes WHERE indexname = 'Démarche \"n°1\" dossiers_État_idx'") == [(1,)]
 
 
+def test_quarantine_may_live_in_another_schema(db, pg):
+    books = make_schema(pg.url, "entity_books")
+    db.create(INTRA42_USERS)
+    db.load(INTRA42_USERS, [student(1), student(2)])
+    db.run("DROP TABLE quarantine")
+    db.land(INTRA42_USERS, [student(1, login=""), student(3)])
+
+    assert db.run(stage_sql(INTRA42_USERS, RUN, quarantine=("entity_books", "quarantine")))["quarantined"] == 1
+    figures = db.run(delete_sql(INTRA42_USERS, RUN, quarantine=("entity_books", "quarantine")))
+    assert figures == {"marked": 1, "removed": 0, "active_before": 2}  # 2; 1 was quarantined, so kept
+    assert books.rows("SELECT reason FROM quarantine") == [("login: missing or not a string",)]
+
+
 def test_from_dict_equals_the_dataclasses():
     data = {
         "name": "users",

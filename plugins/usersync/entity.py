@@ -67,7 +67,8 @@ class Column:
     max_length: int | None = None  # text only
     keep_non_empty: bool = False  # an empty incoming value never overwrites a non-empty stored one
     condition: str | None = None  # trusted SQL over `record` that must be true (NULL fails), after the type checks
-    expression: str | sql.Composable | None = None  # trusted SQL over `record` instead of a path: computed
+    # Trusted SQL over `record` (in a child: also `parent_record`) instead of a path: a computed column.
+    expression: str | sql.Composable | None = None
     refusal: str | None = None  # the reason a record is refused for this column (default: from type/check)
 
     def __post_init__(self):
@@ -237,9 +238,10 @@ def create_sql(entity: Entity) -> list[sql.Composed]:
 # --- stage: <table>_raw -> <table>_delta ---------------------------------------------------------------------
 
 
-def stage_sql(entity: Entity, run_id: str) -> sql.Composed:
+def stage_sql(entity: Entity, run_id: str, quarantine: str | Sequence[str] = "quarantine") -> sql.Composed:
     """Validate, quarantine, type and de-duplicate <table>_raw into <table>_delta (children included, all or
-    nothing per parent record). Returns received, staged, quarantined, duplicates (and <child>_staged)."""
+    nothing per parent record). Returns received, staged, quarantined, duplicates (and <child>_staged).
+    `quarantine`: that table's name, or (schema, name) when the bookkeeping lives apart from the target."""
     typed = sql.SQL(", ").join(
         sql.SQL("{} AS {}").format(_typed(c, sql.SQL("record"), guard=True), sql.Identifier(c.name))
         for c in entity.columns
@@ -250,7 +252,7 @@ def stage_sql(entity: Entity, run_id: str) -> sql.Composed:
         sql.SQL(
             "WITH checked AS (SELECT _seq, _reason, {keep} AS _record, {typed} FROM ("
             "SELECT seq AS _seq, record, {reason} AS _reason FROM {raw} OFFSET 0) AS validated), "  # reason once
-            "quarantined AS (INSERT INTO quarantine (run_id, entity, reason, record) "
+            "quarantined AS (INSERT INTO {quarantine} (run_id, entity, reason, record) "
             "SELECT {run_id}, {entity}, _reason, _record FROM checked WHERE _reason IS NOT NULL RETURNING 1), "
         ).format(
             keep=keep_record,
@@ -259,6 +261,7 @@ def stage_sql(entity: Entity, run_id: str) -> sql.Composed:
             raw=sql.Identifier(f"{entity.name}_raw"),
             run_id=sql.Literal(run_id),
             entity=sql.Literal(entity.name),
+            quarantine=_table(quarantine),
         )
     ]
     latest = sql.SQL(
@@ -405,6 +408,10 @@ def _arrows(path: Sequence[str], last: bool) -> sql.Composed:
     return sql.Composed([sql.SQL("{}{}").format(sql.SQL(op), sql.Literal(k)) for op, k in zip(ops, path, strict=True)])
 
 
+def _table(name: str | Sequence[str]) -> sql.Identifier:
+    return sql.Identifier(name) if isinstance(name, str) else sql.Identifier(*name)
+
+
 def _names(names: Iterable[str], prefix: str = "") -> sql.Composed:
     return sql.SQL(", ").join(sql.SQL(prefix) + sql.Identifier(n) for n in names)
 
@@ -479,6 +486,7 @@ def delete_sql(
     fetch_started: datetime | None = None,
     window: tuple[str, Any, Any] | None = None,
     parent: Entity | None = None,
+    quarantine: str | Sequence[str] = "quarantine",
 ) -> sql.Composed:
     """Apply the deletion policy to the rows the delta lacks: mark them (deleted_at, or deleted_status) or
     remove them. Only within `window` = (column, from, to) [from, to), only rows last written before
@@ -513,7 +521,8 @@ def delete_sql(
         )
     ]
     gone.append(
-        sql.SQL("NOT EXISTS (SELECT 1 FROM quarantine q WHERE q.run_id = {} AND q.entity = {} AND {})").format(
+        sql.SQL("NOT EXISTS (SELECT 1 FROM {} q WHERE q.run_id = {} AND q.entity = {} AND {})").format(
+            _table(quarantine),
             sql.Literal(run_id),
             sql.Literal(entity.name),
             sql.SQL(" AND ").join(
