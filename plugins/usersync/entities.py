@@ -1,0 +1,81 @@
+"""The existing syncs' entities, declared as data (see usersync.entity).
+
+INTRA42_USERS matches include/sql/intra42/create_users.sql and stage_users.sql (same columns, types, checks
+and reasons; dates are also checked to exist; a stored student is never replaced by an older updated_at).
+
+PORTAILDF_LOOKUPS is the shape of Portail DF's users_delta: its stage fits, its tables do not (users_delta is
+not LIKE users, and the sync updates the application's own `users`: keep portaildf's create/upsert SQL).
+It differs from stage_users.sql in two corners: a found answer whose `record` is not an object is refused
+for "exterieur: missing or not a boolean" (not "record: ..."), and id_user is checked whatever the outcome.
+"""
+
+from __future__ import annotations
+
+from usersync.entity import Column, Entity
+
+INTRA42_USERS = Entity(
+    "users",
+    key="id",
+    columns=(
+        Column("id", "bigint", required=True, condition="record->>'id' NOT LIKE '-%'"),  # (cheaper than a regex)
+        Column("login", required=True, check="."),  # an empty login is refused
+        Column("email", required=True),
+        Column("first_name"),
+        Column("last_name"),
+        Column("pool_month"),
+        Column("pool_year"),
+        Column("location"),
+        Column("wallet", "integer"),
+        Column("correction_point", "integer"),
+        Column("updated_at", "timestamptz", required=True),
+    ),
+    cursor="updated_at",
+    deletion="mark",  # a full refresh marks the students the API no longer returns
+    indexes=("login", "email"),
+)
+
+_FOUND = "record->>'outcome' <> 'found' OR jsonb_typeof(record->'record'->{}) = 'boolean'"
+PORTAILDF_LOOKUPS = Entity(
+    "users",
+    key="user_id",
+    columns=(
+        Column("user_id", required=True),
+        Column("email", required=True),
+        Column(
+            "outcome",
+            required=True,
+            check=("found", "not_found", "failed"),
+            refusal="outcome: not one of found, not_found, failed",
+        ),
+        Column(
+            "id_user",
+            "bigint",
+            path="record.id_user",
+            condition="coalesce(record->'record'->>'id_user', '') NOT LIKE '-%'",
+        ),
+        Column(
+            "exterieur",
+            "boolean",
+            path="record.exterieur",
+            condition=_FOUND.format("'exterieur'"),
+            refusal="exterieur: missing or not a boolean",
+        ),
+        Column(
+            "gestionnaire",
+            "boolean",
+            path="record.gestionnaire",
+            condition=_FOUND.format("'gestionnaire'"),
+            refusal="gestionnaire: missing or not a boolean",
+        ),
+        Column(
+            "kind",
+            expression="""CASE WHEN record->>'outcome' <> 'found' THEN NULL
+            WHEN record->'record'->'exterieur' = 'true' AND record->'record'->'gestionnaire' = 'true'
+                THEN 'prestataire, gestionnaire'
+            WHEN record->'record'->'exterieur' = 'true' THEN 'prestataire'
+            WHEN record->'record'->'gestionnaire' = 'true' THEN 'gestionnaire'
+            ELSE 'aucun' END""",
+        ),
+        Column("reason"),
+    ),
+)
