@@ -99,6 +99,7 @@ def intra42_users():
 
     window = choose_what_to_fetch()
     [api_available, create_tables] >> window
+    dag_parts.check_params() >> [api_available, create_tables]
     fetched = fetch_students(window)
     staged = stage_users(fetched)
     written = upsert_users(window, staged)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
 from airflow.providers.common.sql.operators.sql import SQLExecuteQueryOperator
 from airflow.providers.http.sensors.http import HttpSensor
+from airflow.sdk import task
+from airflow.sdk.exceptions import AirflowFailException
 
 from usersync.api import RETRYABLE_STATUS, SENSOR_HEADERS
 from usersync.db import hook_params
@@ -41,7 +44,9 @@ def api_sensor(conn_id: str, endpoint: str, *, up: Sequence[int] = (200,), metho
             return True
         if response.status_code in NOT_YET:
             return False
-        raise ValueError(f"{method} {endpoint} answered {response.status_code}: {response.text[:200]}")
+        # Refused credentials or request: poking again or retrying the task would only repeat the refusal
+        # (and could lock the account).
+        raise AirflowFailException(f"{method} {endpoint} answered {response.status_code}: {response.text[:200]}")
 
     return HttpSensor(
         task_id="api_available", http_conn_id=conn_id, method=method, endpoint=endpoint.lstrip("/"),
@@ -56,3 +61,35 @@ def create_tables(conn_id: str, schema: str, sync: str, statements: Sequence[str
     order; all idempotent."""
     return SQLExecuteQueryOperator(task_id="create_tables", conn_id=conn_id, hook_params=hook_params(schema),
                                    sql=[*COMMON_TABLES, *(f"{sync}/{name}.sql" for name in statements)])
+
+
+def check_params():
+    """A task that refuses the run's conf before anything else runs: a key the DAG does not declare (a typo
+    such as `full_refrsh` would silently do something else) or a NaN/Infinity value.
+
+    Airflow validates each declared param against its schema when the run is created, but accepts any
+    other key, and JSON Schema's `number` (and its minimum/maximum) lets NaN through.
+    """
+
+    @task(task_id="check_params")  # AirflowFailException: no retry
+    def check(dag=None, dag_run=None) -> None:
+        conf = dag_run.conf or {}
+        unknown = sorted(set(conf) - set(dag.params))
+        if unknown:
+            raise AirflowFailException(f"unknown param {', '.join(map(repr, unknown))} in the run's conf; this "
+                                       f"DAG's params are {', '.join(sorted(dag.params))}")
+        for key, value in conf.items():
+            if _not_finite(value):
+                raise AirflowFailException(f"param {key!r}: {value!r} is not a finite number")
+
+    return check()
+
+
+def _not_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(map(_not_finite, value.values()))
+    if isinstance(value, list):
+        return any(map(_not_finite, value))
+    return False
