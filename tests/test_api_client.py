@@ -356,3 +356,21 @@ def test_a_token_endpoint_that_is_down_is_not_a_refusal(cutting_server):
         api.fetch_json("GET", "/anything")
     assert not isinstance(failure.value, AuthError)  # so Airflow retries the task
     assert api.refused is None
+
+
+def test_bad_credentials_fail_an_intra42_run_after_one_login_attempt(intra42_sandbox, pg, airflow_db, monkeypatch):
+    """The sensor's POST /oauth/token is the run's only login: a 401 fails it at once (no poking again, no
+    task retry), and the fetch, downstream of it, never logs in."""
+    import json
+
+    from conftest import intra42_conn
+    from dagrun import run_dag
+
+    conn = json.loads(intra42_conn(intra42_sandbox.url, rate_limit="40/s"))
+    monkeypatch.setenv("AIRFLOW_CONN_INTRA42_API", json.dumps({**conn, "password": "wrong"}))
+    intra42_sandbox.control("reset")
+    run, states = run_dag("intra42_users")
+    assert states["api_available"] == "failed" and states["fetch_students"] == "upstream_failed", states
+    sensor = next(ti for ti in run.get_task_instances() if ti.task_id == "api_available")
+    assert sensor.try_number == 1
+    assert intra42_sandbox.state()["stats"]["paths"]["/oauth/token"] == 1
