@@ -3,7 +3,7 @@
 The Airflow connection gives the base URL, the credentials (login/password) and these extras:
   rate_limit   "2/s,1200/h": the API's declared limits; the client stays under all of them
   timeout      seconds per request (default 30)
-  max_retries  retries on 5xx, timeouts, connection errors and unreadable bodies (default 5)
+  max_retries  retries on 5xx, timeouts, connection errors, answers cut short, unreadable bodies (default 5)
   backoff      first retry delay in seconds, doubled each retry (default 1)
   token_path   where an auth flow gets its token (default per flow)
   api_version, refresh_token: read by the API modules that need them
