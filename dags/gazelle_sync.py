@@ -153,6 +153,7 @@ def gazelle_sync():
         return report.publish(db, run)
 
     ready = [api_available, create_tables]
+    dag_parts.check_params() >> ready
     ready >> users_needed
     steps = {}
     for entity in ENTITIES:

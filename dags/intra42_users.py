@@ -41,8 +41,9 @@ db = TargetDb(DB_CONN, SCHEMA, sync="intra42")
         "per_page": Param(100, type="integer", minimum=1, maximum=100, description="Students per API page."),
         "dry_run": Param(False, type="boolean", description="Fetch and stage, report what would change, "
                          "write nothing to intra42.users."),
-        "max_delete_share": Param(0.10, type="number", minimum=0, maximum=1, description="A full refresh "
-                                  "refuses to mark more than this share of the students deleted."),
+        "max_delete_share": Param(0.10, type="number", minimum=0, maximum=1, **dag_parts.FINITE,
+                                  description="A full refresh refuses to mark more than this share of the "
+                                  "students deleted."),
     },
     template_searchpath=[str(SQL_DIR)],
     user_defined_macros={"schema": SCHEMA},
@@ -99,6 +100,7 @@ def intra42_users():
 
     window = choose_what_to_fetch()
     [api_available, create_tables] >> window
+    dag_parts.check_params() >> [api_available, create_tables]
     fetched = fetch_students(window)
     staged = stage_users(fetched)
     written = upsert_users(window, staged)

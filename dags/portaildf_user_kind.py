@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 
 from airflow.sdk import CronTriggerTimetable, ObjectStoragePath, Param, dag, task
 from usersync import dag_parts, load, portaildf, report, staging
+from usersync.api import AuthError
 from usersync.db import SQL_DIR, TargetDb
 
 API_CONN, DB_CONN, SCHEMA = "portaildf_api", "portaildf_db", "portaildf"
@@ -72,16 +73,23 @@ def portaildf_user_kind():
         return staging.split_to_staging(prefix, users, params["batch_size"])
 
     @task(max_active_tis_per_dag=1)  # chunks share the API's rate limit: one at a time, each at full speed
-    def look_up_chunk(chunk: str, params=None, dag_run=None) -> dict:
-        api = portaildf.client(API_CONN)
+    def look_up_chunk(chunk: str, params=None, dag_run=None, ti=None) -> dict:
         lookups = staging.run_prefix(dag_run.dag_id, dag_run.run_id, "lookups")
+        refused = lookups / "_login_refused.json"  # one refused login per run: the next chunks do not try
+        if (earlier := staging.read_json(refused)) and ti.try_number == 1:  # a chunk cleared by hand does
+            raise AuthError(f"an earlier chunk of this run was refused the login: {earlier['error']}")
+        api = portaildf.client(API_CONN)
         calls = lookups / "_recent_calls.json"  # the previous chunk's calls still count in the API's windows
         api.limiter.continue_from(staging.read_json(calls) or [])
-        answered = staging.fan_out_to_staging(
-            lookups / ObjectStoragePath(chunk).stem, staging.read_ndjson(chunk),
-            functools.partial(portaildf.lookup_user, api), api, params["num_workers"],
-            failed=lambda answer: answer["outcome"] == "failed",
-        )
+        try:
+            answered = staging.fan_out_to_staging(
+                lookups / ObjectStoragePath(chunk).stem, staging.read_ndjson(chunk),
+                functools.partial(portaildf.lookup_user, api), api, params["num_workers"],
+                failed=portaildf.lookup_failed,
+            )
+        except AuthError as exc:
+            staging.write_json(refused, {"error": str(exc)})
+            raise
         staging.write_json(calls, api.limiter.history())
         return answered
 
@@ -103,17 +111,19 @@ def portaildf_user_kind():
             mode="only_missing" if params["only_missing"] else "all",
             processed=sum(c["records"] for c in chunks), chunks=len(chunks),
             updated=written["updated"], unchanged=written["unchanged"], not_found=staged["not_found"],
-            failed=staged["failed"], quarantined=staged["quarantined"], kinds=written["kinds"],
+            failed=staged["failed"], ambiguous=staged["ambiguous"], quarantined=staged["quarantined"],
+            kinds=written["kinds"],
             transitions=written["transitions"], api_calls=calls,
             requests_per_s=round(calls / seconds, 1) if seconds else 0.0,
             throttled=sum(c["throttled"] for c in chunks), retries=sum(c["retries"] for c in chunks),
-            not_found_emails=staged["not_found_emails"], failures=staged["failures"],
+            not_found_ids=staged["not_found_ids"], failures=staged["failures"],
         )
         staging.remove_other_runs(dag_run.dag_id, dag_run.run_id)
         return report.publish(db, run)
 
     chunks = select_users()
     [api_available, create_tables] >> chunks
+    dag_parts.check_params() >> [api_available, create_tables]
     looked_up = look_up_chunk.expand(chunk=chunks)
     staged = stage_answers(looked_up)
     written = update_kinds(staged)

@@ -127,15 +127,20 @@ class PortailDFData:
     directory does not know, the rest (≈87 %) are in the directory, ≈12 % of those with the letter case
     differing between the two sides. The directory also holds ``users // 4`` people the application does
     not have. Email lookups are O(1) (a dict keyed by casefolded email).
+
+    ``case_twins`` (a fraction of the known app users, default 0): the directory also holds, for each of them,
+    another person whose address is the same but for its letter case (a case-insensitive directory answers
+    both), with other flags. Their records follow the others (higher ids).
     """
 
     FIRST_USER_ID = 1000
 
-    def __init__(self, users: int = 1234, seed: int = 0):
+    def __init__(self, users: int = 1234, seed: int = 0, case_twins: float = 0.0):
         if users < 0:
             raise ValueError("users must be >= 0")
         self.user_count = users
         self.seed = seed
+        self.case_twins = case_twins
         self._lock = threading.RLock()
         self._generate()
         self.reset()
@@ -179,12 +184,32 @@ class PortailDFData:
             {"id": str(uuid.UUID(int=rnd.getrandbits(128), version=4)), "email": email, "kind": None}
             for email in app_emails
         ]
-        self._by_email = {r["email"].casefold(): d for d, r in enumerate(self._base)}
+        self._add_case_twins()
+        self._by_email: dict[str, list[int]] = {}
+        for d, record in enumerate(self._base):
+            self._by_email.setdefault(record["email"].casefold(), []).append(d)
         self._structure_index = {s["id_structure"]: i for i, s in enumerate(self._structures)}
         # Known app users in a scattered but repeatable order, for mutate().
         self._known = [p for p in range(n) if self._app_dir[p] is not None]
         m = len(self._known)
         self._mutate_step = next((s for s in range(int(m * 0.618) + 1, 2 * m + 2) if math.gcd(s, m) == 1), 1)
+
+    def _add_case_twins(self) -> None:
+        rnd = random.Random(f"portaildf:{self.seed}:{self.user_count}:twins")  # the main data stays the same
+        id_user = self._base[-1]["id_user"] if self._base else self.FIRST_USER_ID
+        for p, d in enumerate(self._app_dir):
+            if d is None or rnd.random() >= self.case_twins:
+                continue
+            owner = self._base[d]
+            taken = {owner["email"], self._app[p]["email"]}
+            email = next((v for v in (_case_variant(owner["email"], rnd) for _ in range(6)) if v not in taken), None)
+            if email is None:  # no letter to change the case of
+                continue
+            id_user += 1
+            twin = self._user_record(rnd, id_user, email)
+            own = (owner["exterieur"], owner["gestionnaire"])
+            twin["exterieur"], twin["gestionnaire"] = rnd.choice([c for c in _COMBOS if c != own])
+            self._base.append(twin)
 
     @staticmethod
     def _new_email(rnd: random.Random, used: set[str]) -> str:
@@ -284,13 +309,21 @@ class PortailDFData:
         with self._lock:
             return [self._record(d) for d in range(len(self._base))[start:stop]]
 
-    def find(self, email: str) -> dict | None:
-        """The record whose email equals ``email`` ignoring case (Django's ``email__iexact``), or None."""
-        d = self._by_email.get(email.casefold())
-        if d is None:
-            return None
+    def find_all(self, email: str) -> list[dict]:
+        """The records whose email equals ``email`` ignoring case (Django's ``email__iexact``), in no particular
+        order (a queryset without ``order_by``): with case twins, the asked address is not always first."""
+        found = list(self._by_email.get(email.casefold(), ()))
+        if len(found) > 1:
+            random.Random(f"{self.seed}:{email.casefold()}").shuffle(found)
         with self._lock:
-            return self._record(d)
+            return [self._record(d) for d in found]
+
+    def find(self, email: str) -> dict | None:
+        """The record that is ``email``'s: the one whose email is exactly ``email``, else the one equal ignoring
+        case; None when there is none, or when several (case twins) with different flags match and none exactly."""
+        records = self.find_all(email)
+        exact = [r for r in records if r["email"] == email] or records
+        return exact[0] if len({(r["exterieur"], r["gestionnaire"]) for r in exact}) == 1 else None
 
     def structures(self, start: int = 0, stop: int | None = None) -> list[dict]:
         return [dict(s) for s in self._structures[start:stop]]
@@ -321,6 +354,15 @@ class PortailDFData:
     def expected_kinds(self) -> dict[str, str | None]:
         """{app user id: expected kind} for the whole users table."""
         return {u["id"]: self.expected_kind(u["email"]) for u in self._app}
+
+    def own_kinds(self) -> dict[str, str | None]:
+        """{app user id: the kind of that user's own directory record}, None for unknown users: a sync may
+        leave a user without a kind (an ambiguous answer) but never give it another's."""
+        with self._lock:
+            return {
+                u["id"]: None if d is None else KINDS[(self._record(d)["exterieur"], self._record(d)["gestionnaire"])]
+                for u, d in zip(self._app, self._app_dir, strict=True)
+            }
 
     # ------------------------------------------------------------------ changes
 
@@ -854,8 +896,7 @@ def create_app(
             return drf_response({"email": ["Null characters are not allowed."]}, 400)
         email = (email or "").strip()  # a blank filter value is no filter (django-filter)
         if email:
-            found = data.find(email)
-            matches = [] if found is None else [found]
+            matches = data.find_all(email)
             lookup = dataclasses.replace(roll, duplicates=0)  # not a list page: no duplicates
             return paginate(request, params, len(matches), lambda a, b: corrupt(matches[a:b], roll), lookup)
         return paginate(request, params, len(data), lambda a, b: corrupt(data.records(a, b), roll), roll)

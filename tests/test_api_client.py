@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import CLIENT_ID, CLIENT_SECRET
 from usersync import intra42, staging
 from usersync.api import ApiError, RateLimiter, parse_rate_limit
 
@@ -241,3 +242,135 @@ def test_a_divided_limiter_keeps_to_its_share():
     assert limiter.limits == [(2, 1.0), (300, 3600.0)]
     limiter.divide(1000)
     assert limiter.limits == [(1, 1.0), (1, 3600.0)]
+
+
+@pytest.fixture
+def cutting_server(monkeypatch):
+    """A raw HTTP server whose first answers stop mid-body (declared length or chunked), then answer whole;
+    AIRFLOW_CONN_CUT_API points at it. Yields the list of cuts to make, in order ("length" or "chunked")."""
+    import json
+    import socket
+    import threading
+
+    cuts: list[str] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    body = b'{"ok": true, "padding": "' + b"x" * 200 + b'"}'
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                cut = cuts.pop(0) if cuts else None
+                if cut == "length":
+                    conn.sendall(head + b"Content-Length: %d\r\n\r\n" % len(body) + body[:40])
+                elif cut == "chunked":
+                    conn.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n%x\r\n" % len(body) + body[:40])
+                else:
+                    conn.sendall(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+    threading.Thread(target=serve, daemon=True).start()
+    port = listener.getsockname()[1]
+    monkeypatch.setenv("AIRFLOW_CONN_CUT_API", json.dumps({
+        "conn_type": "http", "host": f"http://127.0.0.1:{port}",
+        "extra": {"backoff": "0.01", "max_retries": "3", "timeout": 5}}))
+    yield cuts
+    listener.close()
+
+
+def test_an_answer_cut_mid_body_is_retried(cutting_server):
+    from usersync.api import ApiClient
+
+    cutting_server.extend(["length", "chunked", "length"])
+    api = ApiClient("cut_api")
+    body, _ = api.fetch_json("GET", "/anything", params={"email": "marie.curie@exemple.gouv.fr"})
+    assert body["ok"] is True
+    assert api.stats.retries == 3 and api.stats.calls == 4
+
+    cutting_server.extend(["length"] * 4)
+    with pytest.raises(ApiError, match="ChunkedEncodingError.*gave up after 3 retries") as failure:
+        api.fetch_json("GET", "/anything", params={"email": "marie.curie@exemple.gouv.fr"})
+    assert "marie" not in str(failure.value)
+
+
+def test_a_short_lived_token_serves_the_pages_of_its_lifetime():
+    """A 20 s token is renewed when under 2 s remain (a tenth of its lifetime), not a minute early, i.e.
+    before every page; a long-lived one a minute before it expires."""
+    import time
+
+    from conftest import intra42_conn
+    from usersync.api import renewal_margin
+
+    from sandbox.common import serve
+    from sandbox.intra42 import Intra42Data, create_app
+
+    assert (renewal_margin(20), renewal_margin(7200)) == (2.0, 60.0)
+    app = create_app(Intra42Data(students=300, seed=1), client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
+                     per_second=1000, per_hour=100000, token_ttl=20)
+    with serve(app) as url, pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AIRFLOW_CONN_INTRA42_API", intra42_conn(url, rate_limit="1000/s"))
+        api = intra42.client("intra42_api")
+        pages, state = intra42.users_paginator(api, 21, STUDENTS_ONLY, per_page=10), {"after_id": 0}
+        for _ in range(10):
+            state = pages(state).next
+        assert app.state.sandbox.stats.tokens_issued == 1
+
+        api.auth.renew_at = time.monotonic()  # as if 18 s had passed: under 2 s left
+        pages(state)
+        stats = app.state.sandbox.stats
+        assert (stats.tokens_issued, stats.unauthorized) == (2, 0)  # renewed before, not after, a 401
+
+
+def test_a_refused_login_is_asked_once_by_every_thread_together(intra42_sandbox, monkeypatch):
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    from conftest import intra42_conn
+    from usersync.api import AuthError
+
+    conn = json.loads(intra42_conn(intra42_sandbox.url, rate_limit="40/s"))
+    monkeypatch.setenv("AIRFLOW_CONN_INTRA42_API", json.dumps({**conn, "password": "wrong"}))
+    intra42_sandbox.control("reset")
+    api = intra42.client("intra42_api")
+
+    def call(_):
+        with pytest.raises(AuthError, match="401"):
+            api.fetch_json("GET", "/v2/cursus/21/users")
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(call, range(24)))
+    assert intra42_sandbox.state()["stats"]["paths"]["/oauth/token"] == 1
+    assert api.stats.retries == 0
+
+
+def test_a_token_endpoint_that_is_down_is_not_a_refusal(cutting_server):
+    from usersync.api import ApiClient, AuthError, OAuth2ClientCredentials
+
+    cutting_server.extend(["length"] * 4)  # every try of the token call is cut: given up, but not refused
+    api = ApiClient("cut_api", auth=OAuth2ClientCredentials())
+    with pytest.raises(ApiError, match="gave up after 3 retries") as failure:
+        api.fetch_json("GET", "/anything")
+    assert not isinstance(failure.value, AuthError)  # so Airflow retries the task
+    assert api.refused is None
+
+
+def test_bad_credentials_fail_an_intra42_run_after_one_login_attempt(intra42_sandbox, pg, airflow_db, monkeypatch):
+    """The sensor's POST /oauth/token is the run's only login: a 401 fails it at once (no poking again, no
+    task retry), and the fetch, downstream of it, never logs in."""
+    import json
+
+    from conftest import intra42_conn
+    from dagrun import run_dag
+
+    conn = json.loads(intra42_conn(intra42_sandbox.url, rate_limit="40/s"))
+    monkeypatch.setenv("AIRFLOW_CONN_INTRA42_API", json.dumps({**conn, "password": "wrong"}))
+    intra42_sandbox.control("reset")
+    run, states = run_dag("intra42_users")
+    assert states["api_available"] == "failed" and states["fetch_students"] == "upstream_failed", states
+    sensor = next(ti for ti in run.get_task_instances() if ti.task_id == "api_available")
+    assert sensor.try_number == 1
+    assert intra42_sandbox.state()["stats"]["paths"]["/oauth/token"] == 1

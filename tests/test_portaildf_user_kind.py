@@ -6,6 +6,7 @@ import json
 import os
 from collections import Counter
 from pathlib import Path
+from urllib.parse import quote, quote_plus
 
 import pytest
 from conftest import AIRFLOW_HOME, PORTAILDF_PASSWORD, portaildf_conn
@@ -55,7 +56,8 @@ def test_every_user_gets_the_kind_the_directory_says_and_a_rerun_writes_nothing(
     assert report["chunks"] == -(-len(with_email) // SMALL_CHUNKS["batch_size"])
     assert (report["updated"], report["unchanged"], report["failed"]) == (len(with_email) - len(unknown), 0, 0)
     assert report["not_found"] == len(unknown) > 0
-    assert sorted(report["not_found_emails"]) == sorted(unknown)
+    unknown_ids = [u["id"] for u in with_email if expected[u["id"]] is None]
+    assert sorted(report["not_found_ids"]) == sorted(unknown_ids)  # ids: the report is logged, emails are not
     assert report["kinds"] == {k or "(none)": n for k, n in Counter(expected.values()).items()}
     assert report["api_calls"] >= report["processed"] and report["requests_per_s"] > 0
     assert sql(f"SELECT report FROM {SCHEMA}.sync_runs")[0][0]["run_id"] == run.run_id
@@ -154,11 +156,10 @@ def test_a_lookup_that_keeps_failing_is_reported_and_the_rest_land(portaildf, sq
     _, report = sync()
     assert 0 < report["failed"] < report["processed"]
     assert all("HTTP 50" in f["reason"] for f in report["failures"])
-    failed = {f["email"] for f in report["failures"]}
+    failed = {f["user_id"] for f in report["failures"]}
     table, expected = kinds(sql), portaildf.data.expected_kinds()
     for user in portaildf.data.app_users():
-        email = (user["email"] or "").strip()
-        assert table[user["id"]] == (None if email in failed else expected[user["id"]])
+        assert table[user["id"]] == (None if user["id"] in failed else expected[user["id"]])
 
 
 def test_an_unreachable_api_fails_the_run_and_leaves_the_table_as_it_was(portaildf, sql):
@@ -172,11 +173,19 @@ def test_an_unreachable_api_fails_the_run_and_leaves_the_table_as_it_was(portail
     assert versions(sql) == before
 
 
-def test_bad_credentials_fail_clearly(portaildf, sql):
-    conn = json.loads(portaildf_conn(portaildf.url))
+@pytest.mark.parametrize("api_version, login_path", [("1", "/api/api-token-auth/"), ("2", "/api/token/")])
+def test_bad_credentials_fail_the_run_after_one_login_attempt(portaildf, sql, api_version, login_path):
+    """The sensor asks without credentials (a 401 means the API is up), so the only login is the first
+    chunk's: its workers share it, nobody retries it (no client retry, no Airflow retry), and the later
+    chunks do not try again."""
+    conn = json.loads(portaildf_conn(portaildf.url, api_version=api_version))
     os.environ["AIRFLOW_CONN_PORTAILDF_API"] = json.dumps({**conn, "password": "wrong"})
-    _, states = run_dag(DAG_ID, {**SMALL_CHUNKS})
-    assert "failed" in states.values() and "update_kinds" not in {t for t, s in states.items() if s == "success"}
+    run, states = run_dag(DAG_ID, {**SMALL_CHUNKS})
+    assert states["look_up_chunk"] == "failed" and states["update_kinds"] != "success", states
+    chunks = [ti for ti in run.get_task_instances() if ti.task_id == "look_up_chunk"]
+    assert len(chunks) == 3 and {str(ti.state) for ti in chunks} == {"failed"}
+    assert {ti.try_number for ti in chunks} == {1}  # no Airflow retry
+    assert portaildf.state()["stats"]["paths"][login_path] == 1
     assert all(kind is None for kind in kinds(sql).values())
 
 
@@ -209,3 +218,88 @@ def test_no_secret_reaches_logs_xcom_or_staging(portaildf, sql, capfd):
     places["sync_runs"] = json.dumps(sql(f"SELECT report FROM {SCHEMA}.sync_runs"), default=str)
     for secret in (PORTAILDF_PASSWORD, token):
         assert not [name for name, text in places.items() if secret in text]
+
+
+def test_no_email_reaches_the_logs_or_the_report_when_lookups_fail(portaildf, sql, capfd):
+    """Failed lookups (and, in a second run, a chunk where every lookup fails) are reported and logged by
+    user id; the emails travel only in the requests' query strings, which no log or reason shows."""
+    os.environ["AIRFLOW_CONN_PORTAILDF_API"] = portaildf_conn(portaildf.url, max_retries="1")
+    portaildf.control("faults", {"error_rate": 0.3, "seed": 2})
+    _, report = sync()
+    assert report["failed"] > 0 and report["not_found"] > 0
+    assert {f["user_id"] for f in report["failures"]} <= set(kinds(sql))
+    portaildf.control("faults", {"error_rate": 1.0})
+    _, states = run_dag(DAG_ID, {"limit": 20, "batch_size": 10})
+    assert states["look_up_chunk"] == "failed"
+
+    places = {"console": "".join(capfd.readouterr())}
+    for path in Path(AIRFLOW_HOME).rglob("*.log"):
+        places[str(path)] = path.read_text(errors="replace")
+    places["sync_runs"] = json.dumps(sql(f"SELECT report FROM {SCHEMA}.sync_runs"), ensure_ascii=False)
+    assert "failed" in places["console"] and "HTTP 5" in places["console"]  # the failures were logged
+    emails = {u["email"].strip() for u in portaildf.data.app_users() if u["email"]}
+    forms = emails | {quote(e) for e in emails} | {quote_plus(e) for e in emails}
+    leaks = {name: [e for e in forms if e in text] for name, text in places.items()}
+    assert not {name: found for name, found in leaks.items() if found}
+
+
+def test_a_failed_lookup_reason_and_the_client_logs_hold_no_query_string(monkeypatch, caplog):
+    """A connection error's text names the URL it tried, query included: cut out of the reason and of
+    urllib3's own log lines (DEBUG request lines, WARNING retries)."""
+    import logging
+    import socket
+
+    from usersync import portaildf as portaildf_api
+    from usersync.api import ApiClient
+
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]  # nothing listens there once closed
+    monkeypatch.setenv("AIRFLOW_CONN_DEAD_API", json.dumps({
+        "conn_type": "http", "host": f"http://127.0.0.1:{port}", "extra": {"backoff": "0.01", "max_retries": "1"}}))
+    caplog.set_level(logging.DEBUG)
+    email = "marie.curie+zlv@exemple.gouv.fr"
+    answer = portaildf_api.lookup_user(ApiClient("dead_api"), {"id": "user-7", "email": email})
+    assert answer["outcome"] == "failed" and "ConnectionError" in answer["reason"]
+    assert "/api/utilisateurs?…" in answer["reason"]
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "/api/utilisateurs" in logged
+    for form in (email, quote(email), quote_plus(email), "marie"):
+        assert form not in answer["reason"] and form not in logged and form not in json.dumps(answer)
+
+
+@pytest.fixture
+def twins(pg, sql, fresh_schema, monkeypatch):
+    """A case-insensitive directory where some users' addresses also belong, in another letter case, to
+    other people with other flags; the application's users table filled with its users."""
+    from conftest import PORTAILDF_LOGIN
+
+    from sandbox.common import serve
+    from sandbox.portaildf import PortailDFData, create_app
+
+    data = PortailDFData(users=300, seed=8, case_twins=0.3)
+    app = create_app(data, username=PORTAILDF_LOGIN, password=PORTAILDF_PASSWORD, per_second=100)
+    with serve(app) as url:
+        monkeypatch.setenv("AIRFLOW_CONN_PORTAILDF_API", portaildf_conn(url))
+        sql(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+        seed_portaildf_users(pg.url, SCHEMA, data.app_users())
+        fresh_schema(DAG_ID, SCHEMA, drop=False)
+        yield data
+
+
+def test_case_variant_duplicates_never_give_a_user_someone_elses_kind(twins, sql):
+    _, report = sync()
+
+    table, own = kinds(sql), twins.own_kinds()
+    assert table == twins.expected_kinds()
+    assert all(table[i] in (own[i], None) for i in table)  # a user's own kind, or none
+    users = {u["id"]: u["email"].strip() for u in twins.app_users() if u["email"]}
+    ambiguous = {i for i, email in users.items()
+                 if len({(r["exterieur"], r["gestionnaire"]) for r in twins.find_all(email)}) > 1}
+    unresolved = {i for i in ambiguous if all(r["email"] != users[i] for r in twins.find_all(users[i]))}
+    assert ambiguous - unresolved and unresolved  # the exact address settles some, not all
+    assert all(table[i] == own[i] for i in ambiguous - unresolved)
+    assert all(table[i] is None for i in unresolved)
+    assert report["ambiguous"] == len(ambiguous)
+    assert {f["user_id"] for f in report["failures"]} == unresolved
+    assert all(f["reason"].startswith("ambiguous: 2 directory records") for f in report["failures"])

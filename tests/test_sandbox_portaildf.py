@@ -244,6 +244,32 @@ def test_lookup_is_case_insensitive_exact(api, data):
         assert body["count"] == 1 and body["results"][0]["email"].casefold() == email.casefold()
 
 
+def test_case_twins_a_case_insensitive_directory_with_case_variant_duplicates():
+    """case_twins: some known users have a twin, the same address in another letter case with other flags;
+    a lookup answers both, in no fixed order. The ground truth is the user's own record when the address
+    is exact, or when the twins agree; otherwise (no exact match, different flags) nobody can tell."""
+    data = PortailDFData(users=400, seed=3, case_twins=0.3)
+    plain = PortailDFData(users=400, seed=3)
+    assert data.app_users() == plain.app_users() and data.records()[: len(plain)] == plain.records()
+    twins = data.records()[len(plain):]
+    assert len(twins) > 50
+    with serve(create_app(data, per_second=100_000)) as url, session(url, f"Token {v1_token(url)}") as api:
+        firsts = set()
+        for twin in twins[:40]:
+            results = lookup(api, twin["email"].lower())["results"]
+            assert len(results) == 2 and len({r["email"] for r in results}) == 2
+            assert len({(r["exterieur"], r["gestionnaire"]) for r in results}) == 2  # different flags
+            firsts.add(results[0]["id_user"] == twin["id_user"])
+        assert firsts == {True, False}  # the asked-for case is not always first
+    own, expected = data.own_kinds(), data.expected_kinds()
+    assert own == plain.expected_kinds()  # everyone keeps their own record
+    ambiguous = [i for i in own if expected[i] != own[i]]
+    assert ambiguous and all(expected[i] is None for i in ambiguous)  # never someone else's kind
+    for user in data.app_users():
+        if user["id"] in ambiguous:
+            assert all(r["email"] != user["email"] for r in data.find_all(user["email"]))
+
+
 def test_plus_sign_must_be_percent_encoded(api, url, data):
     email = next(r["email"] for r in data.records() if "+" in r["email"] and r["email"].isascii())
     assert lookup(api, email)["count"] == 1  # requests sends %2B

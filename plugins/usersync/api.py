@@ -3,7 +3,7 @@
 The Airflow connection gives the base URL, the credentials (login/password) and these extras:
   rate_limit   "2/s,1200/h": the API's declared limits; the client stays under all of them
   timeout      seconds per request (default 30)
-  max_retries  retries on 5xx, timeouts, connection errors and unreadable bodies (default 5)
+  max_retries  retries on 5xx, timeouts, connection errors, answers cut short, unreadable bodies (default 5)
   backoff      first retry delay in seconds, doubled each retry (default 1)
   token_path   where an auth flow gets its token (default per flow)
   api_version, refresh_token: read by the API modules that need them
@@ -13,6 +13,7 @@ Everything else in extras is left to HttpHook, which turns it into request heade
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import logging
 import math
@@ -24,7 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import requests
+import urllib3
 from airflow.providers.http.hooks.http import HttpHook
+from airflow.sdk.exceptions import AirflowFailException
 from airflow.sdk.log import mask_secret
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,10 @@ CLIENT_EXTRAS = ("rate_limit", "timeout", "max_retries", "backoff", "token_path"
 # HttpSensor sends every connection extra as a header; these request headers (None = drop) keep ours out.
 SENSOR_HEADERS: dict[str, str | None] = dict.fromkeys(CLIENT_EXTRAS)
 RETRYABLE_STATUS = {500, 502, 503, 504}
+# No answer, or an answer cut short (the connection dropped mid-body, a bad chunk or gzip stream): try again.
+TRANSIENT_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+                    requests.exceptions.ContentDecodingError, urllib3.exceptions.ProtocolError,
+                    http.client.IncompleteRead)
 MAX_THROTTLED_WAITS = 50
 UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -40,9 +47,20 @@ UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 class ApiError(Exception):
     """The API answered in a way retries cannot fix (4xx, or 5xx after every retry)."""
 
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status  # the HTTP status of a 4xx answer; None when retries gave up
 
-class AuthError(ApiError):
-    """The credentials were refused: every further call would fail the same way."""
+
+class AuthError(ApiError, AirflowFailException):
+    """The credentials were refused: every further call would fail the same way, so the task fails at once,
+    without Airflow retries (a server that locks accounts after failed logins must not see them)."""
+
+
+def renewal_margin(lifetime: float) -> float:
+    """How long before a token expires to renew it: a minute, or a tenth of a short-lived token's lifetime
+    (a 20 s token renewed a minute early would be renewed before every call)."""
+    return min(60.0, lifetime / 10)
 
 
 def parse_rate_limit(spec: str | None) -> list[tuple[int, float]]:
@@ -152,19 +170,19 @@ class OAuth2ClientCredentials:
     """OAuth2 client-credentials (the connection's login/password are client id/secret).
 
     The token is cached for the client's lifetime (every page) and renewed shortly before it expires
-    or when the API answers 401.
+    (renewal_margin) or when the API answers 401.
     """
 
     default_token_path = "/oauth/token"
 
     def __init__(self) -> None:
         self.token: str | None = None
-        self.expires_at = 0.0
+        self.renew_at = 0.0
         self.lock = threading.Lock()
 
     def headers(self, client: ApiClient) -> dict[str, str]:
         with self.lock:
-            if self.token is None or time.monotonic() > self.expires_at - 60:
+            if self.token is None or time.monotonic() > self.renew_at:
                 self._fetch(client)
             return {"Authorization": f"Bearer {self.token}"}
 
@@ -179,7 +197,8 @@ class OAuth2ClientCredentials:
         )
         self.token = body["access_token"]
         mask_secret(self.token)
-        self.expires_at = time.monotonic() + float(body.get("expires_in", 3600))
+        lifetime = float(body.get("expires_in", 3600))
+        self.renew_at = time.monotonic() + lifetime - renewal_margin(lifetime)
         client.stats.add(token_renewals=1)
         log.info("obtained an access token valid %ss", body.get("expires_in", "?"))
 
@@ -228,7 +247,7 @@ class OAuth2RotatingRefreshToken:
 
     def headers(self, client: ApiClient) -> dict[str, str]:
         with self.lock:
-            if self.state is None or time.time() > self.state["expires_at"] - 60:
+            if self.state is None or time.time() > _renew_at(self.state):
                 self._refresh(client, stale=None)
             return {"Authorization": f"Bearer {self.state['access_token']}"}
 
@@ -256,7 +275,7 @@ class OAuth2RotatingRefreshToken:
         while True:
             saved = self._saved(client)
             fresh = saved["access_token"] and saved["access_token"] != stale
-            if fresh and time.time() < saved["expires_at"] - 60:
+            if fresh and time.time() < _renew_at(saved):
                 self.state = saved  # another task (or an earlier one) already has a valid token
                 return
             try:
@@ -268,18 +287,24 @@ class OAuth2RotatingRefreshToken:
                 if "invalid_grant" not in str(exc) or wait is None:
                     raise AuthError(f"{exc}. If the refresh token was revoked, authorize the application again "
                                     f"and put the new refresh token in connection {client.conn_id}") from exc
-                time.sleep(wait)  # maybe a concurrent task rotated it: look at what it saved
+                client.refused = None  # not a refusal yet: maybe a concurrent task rotated the token
+                time.sleep(wait)  # look at what it saved
                 continue
             mask_secret(body["access_token"])
             mask_secret(body["refresh_token"])
+            lifetime = float(body.get("expires_in", 3600))
             self.state = {"origin": saved["origin"], "refresh_token": body["refresh_token"],
-                          "access_token": body["access_token"],
-                          "expires_at": time.time() + float(body.get("expires_in", 3600))}
+                          "access_token": body["access_token"], "expires_at": time.time() + lifetime,
+                          "renew_at": time.time() + lifetime - renewal_margin(lifetime)}
             self.store.save(self.state)
             client.stats.add(token_renewals=1)
             log.info("refreshed the access token (valid %ss); saved the rotated refresh token",
                      body.get("expires_in", "?"))
             return
+
+
+def _renew_at(state: dict[str, Any]) -> float:
+    return state.get("renew_at", state["expires_at"] - 60)  # states saved before renew_at: a minute early
 
 
 class ApiClient:
@@ -303,6 +328,7 @@ class ApiClient:
         self.limiter = RateLimiter(parse_rate_limit(self.extras.get("rate_limit")))
         self._local = threading.local()
         self.base_url = ""
+        self.refused: AuthError | None = None  # the login this client was refused: never asked again
 
     @property
     def session(self) -> requests.Session:
@@ -337,8 +363,8 @@ class ApiClient:
             try:
                 response = self.session.request(method, url, headers=headers, timeout=self.timeout, **kwargs)
                 problem = None if response.status_code not in RETRYABLE_STATUS else f"HTTP {response.status_code}"
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                response, problem = None, f"{type(exc).__name__}: {exc}"
+            except TRANSIENT_ERRORS as exc:
+                response, problem = None, f"{type(exc).__name__}: {_without_query(str(exc))}"
             finally:
                 self.limiter.release(slot)
 
@@ -360,7 +386,8 @@ class ApiClient:
                 continue
             if problem is None:
                 if response.status_code >= 400:
-                    raise ApiError(f"{method} {_path(url)} answered {response.status_code}: {_snippet(response)}")
+                    raise ApiError(f"{method} {_path(url)} answered {response.status_code}: {_snippet(response)}",
+                                   status=response.status_code)
                 return response
             failures = self._back_off(failures, f"{method} {_path(url)}: {problem}")
 
@@ -379,14 +406,24 @@ class ApiClient:
 
     def obtain_token(self, default_path: str, **kwargs: Any) -> Any:
         """An auth flow's unauthenticated token call (to extra `token_path`, else the flow's `default_path`);
-        returns the decoded answer. A refusal becomes AuthError."""
+        returns the decoded answer.
+
+        A refusal (a 4xx answer) becomes AuthError and is remembered: the client never asks again, so its
+        threads waiting for the token fail with it instead of each trying to log in. A server that is down
+        (5xx or no answer after every retry) is an ApiError, which Airflow retries.
+        """
+        if self.refused:
+            raise AuthError(f"{self.refused} (not asking again)")
         path = self.extras.get("token_path") or default_path
         try:
             return self.fetch_json("POST", path, authenticated=False, **kwargs)[0]
         except AuthError:
             raise
         except ApiError as exc:
-            raise AuthError(f"authentication failed: {exc}") from exc
+            if exc.status is None:
+                raise
+            self.refused = AuthError(f"authentication failed: {exc}", status=exc.status)
+            raise self.refused from exc
 
     def _back_off(self, failures: int, problem: str) -> int:
         if failures >= self.max_retries:
@@ -408,6 +445,25 @@ def _retry_after(response: requests.Response) -> float:
         return max(reset - time.time() if reset > 1e9 else reset, 0.0)
     except ValueError:
         return 1.0
+
+
+QUERY = re.compile(r"(/[^\s?'\"]*)\?[^\s'\")]+")  # a path, then its query string
+
+
+def _without_query(text: str) -> str:
+    """Text with every URL's query string cut out: queries can hold personal data (Portail DF's emails)."""
+    return QUERY.sub(r"\1?…", text)
+
+
+class _NoQueryStrings(logging.Filter):
+    """urllib3 logs each request line (at DEBUG) and its retries (WARNING) with the query string."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = _without_query(record.getMessage()), ()
+        return True
+
+
+logging.getLogger("urllib3.connectionpool").addFilter(_NoQueryStrings())
 
 
 def _path(url: str) -> str:

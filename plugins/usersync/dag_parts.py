@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
 from airflow.providers.common.sql.operators.sql import SQLExecuteQueryOperator
 from airflow.providers.http.sensors.http import HttpSensor
+from airflow.sdk import task
+from airflow.sdk.exceptions import AirflowFailException
 
 from usersync.api import RETRYABLE_STATUS, SENSOR_HEADERS
 from usersync.db import hook_params
@@ -41,7 +44,9 @@ def api_sensor(conn_id: str, endpoint: str, *, up: Sequence[int] = (200,), metho
             return True
         if response.status_code in NOT_YET:
             return False
-        raise ValueError(f"{method} {endpoint} answered {response.status_code}: {response.text[:200]}")
+        # Refused credentials or request: poking again or retrying the task would only repeat the refusal
+        # (and could lock the account).
+        raise AirflowFailException(f"{method} {endpoint} answered {response.status_code}: {response.text[:200]}")
 
     return HttpSensor(
         task_id="api_available", http_conn_id=conn_id, method=method, endpoint=endpoint.lstrip("/"),
@@ -56,3 +61,29 @@ def create_tables(conn_id: str, schema: str, sync: str, statements: Sequence[str
     order; all idempotent."""
     return SQLExecuteQueryOperator(task_id="create_tables", conn_id=conn_id, hook_params=hook_params(schema),
                                    sql=[*COMMON_TABLES, *(f"{sync}/{name}.sql" for name in statements)])
+
+
+# For every `number` param: JSON Schema's number, minimum and maximum all accept NaN (every comparison with it
+# is false), and Airflow then stores it as null, so the run would fail later with a misleading "None is not of
+# type 'number'". NaN is the one number both >= 0 and < 0; the bounds refuse the infinities. Airflow checks
+# this when the run is created (trigger form, API, CLI): `Param(0.1, type="number", **dag_parts.FINITE)`.
+FINITE = {"not": {"allOf": [{"minimum": 0}, {"exclusiveMaximum": 0}]},
+          "allOf": [{"minimum": -sys.float_info.max, "maximum": sys.float_info.max}]}
+
+
+def check_params():
+    """A task that refuses a run whose conf holds a key the DAG does not declare (a typo such as
+    `full_refrsh` would silently do something else), before anything else runs.
+
+    Airflow validates each declared param against its schema when the run is created (NaN included, see
+    FINITE), but accepts any other key: no params declaration can refuse those at trigger time.
+    """
+
+    @task(task_id="check_params")  # AirflowFailException: no retry
+    def check(dag=None, dag_run=None) -> None:
+        unknown = sorted(set(dag_run.conf or {}) - set(dag.params))
+        if unknown:
+            raise AirflowFailException(f"unknown param {', '.join(map(repr, unknown))} in the run's conf; this "
+                                       f"DAG's params are {', '.join(sorted(dag.params))}")
+
+    return check()

@@ -63,25 +63,45 @@ def client(conn_id: str) -> ApiClient:
 def lookup_user(api: ApiClient, user: dict[str, Any]) -> dict[str, Any]:
     """Ask the directory about one application user; never raises for that user's own failure.
 
-    Returns {"user_id", "email", "outcome": found|not_found|failed, "record" (found), "reason" (failed)}.
-    The API's email matching is undocumented: only a result whose email equals the one asked, ignoring
-    case, counts, so a broader match (contains, another user) can never classify the wrong person.
+    Returns {"user_id", "outcome": found|not_found|failed, "record" (found), "reason" (failed), "ambiguous"
+    (when it applies)}: no email, so that no log or report built from answers holds one.
+
+    The API's email matching is undocumented (a case-insensitive directory answers every letter-case variant
+    of an address, which can be different people): the record whose email is exactly the one asked wins;
+    without one, a record equal ignoring case. When the answer holds several such records with different
+    flags, the answer is `ambiguous` (their count); if none of them is the exact address, the user cannot
+    be classified and the lookup fails with that reason (the user keeps its kind).
     """
     email = user["email"].strip()
-    answer = {"user_id": user["id"], "email": email}
+    answer = {"user_id": user["id"]}
     try:
         body, _ = api.fetch_json("GET", USERS_PATH, params={"email": email})
         results = body["results"]
         if not isinstance(results, list):
             raise TypeError("results is not a list")
     except AuthError:
-        raise  # the credentials, not this user: the whole chunk fails and retries
+        raise  # the credentials, not this user: the whole chunk fails, at once
     except ApiError as exc:
         return {**answer, "outcome": "failed", "reason": str(exc)}
     except (TypeError, KeyError) as exc:
         return {**answer, "outcome": "failed", "reason": f"unexpected answer shape: {exc!r}"}
     wanted = email.casefold()
-    match = next((r for r in results if isinstance(r, dict) and str(r.get("email", "")).casefold() == wanted), None)
-    if match is None:
+    same = [r for r in results if isinstance(r, dict) and str(r.get("email", "")).casefold() == wanted]
+    if not same:
         return {**answer, "outcome": "not_found"}
-    return {**answer, "outcome": "found", "record": match}
+    if len({_flags(r) for r in same}) > 1:
+        answer["ambiguous"] = len(same)
+    exact = [r for r in same if r.get("email") == email]
+    if len({_flags(r) for r in exact or same}) > 1:
+        reason = f"ambiguous: {len(same)} directory records match ignoring case, with different flags"
+        return {**answer, "outcome": "failed", "reason": reason + ("" if exact else ", none exactly")}
+    return {**answer, "outcome": "found", "record": (exact or same)[0]}
+
+
+def _flags(record: dict[str, Any]) -> tuple[str, str]:
+    return repr(record.get("exterieur")), repr(record.get("gestionnaire"))
+
+
+def lookup_failed(answer: dict[str, Any]) -> bool:
+    """The call failed (not an ambiguous answer): a chunk where every call failed is retried."""
+    return answer["outcome"] == "failed" and "ambiguous" not in answer

@@ -1,12 +1,12 @@
 -- users_raw -> users_delta: one row per looked-up user, its kind mapped from the directory's two flags;
 -- an answer that cannot be read goes to quarantine with the reason (that user is left as it is).
--- Also returns the not-found emails and the failures, which the report lists.
+-- Also returns the not-found user ids and the failures, which the report lists (ids, never emails: the report
+-- is logged), and how many answers were ambiguous (several case variants of the address, different flags).
 WITH checked AS (
     SELECT seq, record,
         CASE
             WHEN jsonb_typeof(record) <> 'object' THEN 'not a JSON object'
             WHEN jsonb_typeof(record->'user_id') IS DISTINCT FROM 'string' THEN 'user_id: missing or not a string'
-            WHEN jsonb_typeof(record->'email') IS DISTINCT FROM 'string' THEN 'email: missing or not a string'
             WHEN record->>'outcome' NOT IN ('found', 'not_found', 'failed') OR record->>'outcome' IS NULL
                 THEN 'outcome: not one of found, not_found, failed'
             WHEN record->>'outcome' <> 'found' THEN NULL
@@ -39,16 +39,18 @@ staged AS (
         END,
         reason
     FROM (
-        SELECT seq, record->>'user_id' AS user_id, record->>'email' AS email, record->>'outcome' AS outcome,
-            (record->'record'->>'id_user')::bigint AS id_user,
-            (record->'record'->>'exterieur')::boolean AS exterieur,
-            (record->'record'->>'gestionnaire')::boolean AS gestionnaire,
-            record->>'reason' AS reason
-        FROM checked
-        WHERE reason IS NULL
+        SELECT c.seq, c.record->>'user_id' AS user_id, coalesce(btrim(u.email), '') AS email,
+            c.record->>'outcome' AS outcome,
+            (c.record->'record'->>'id_user')::bigint AS id_user,
+            (c.record->'record'->>'exterieur')::boolean AS exterieur,
+            (c.record->'record'->>'gestionnaire')::boolean AS gestionnaire,
+            c.record->>'reason' AS reason
+        FROM checked c
+        LEFT JOIN users u ON u.id::text = c.record->>'user_id'  -- answers carry no email
+        WHERE c.reason IS NULL
     ) AS answers
     ORDER BY user_id, seq DESC
-    RETURNING outcome, email, reason
+    RETURNING outcome, user_id, reason
 )
 SELECT (SELECT count(*) FROM checked) AS received,
        (SELECT count(*) FROM staged) AS staged,
@@ -57,7 +59,9 @@ SELECT (SELECT count(*) FROM checked) AS received,
        (SELECT count(*) FROM staged WHERE outcome = 'found') AS found,
        (SELECT count(*) FROM staged WHERE outcome = 'not_found') AS not_found,
        (SELECT count(*) FROM staged WHERE outcome = 'failed') AS failed,
-       (SELECT coalesce(jsonb_agg(email ORDER BY email), '[]') FROM staged WHERE outcome = 'not_found')
-           AS not_found_emails,
-       (SELECT coalesce(jsonb_agg(jsonb_build_object('email', email, 'reason', reason) ORDER BY email), '[]')
+       (SELECT count(DISTINCT record->>'user_id') FROM checked WHERE reason IS NULL AND record ? 'ambiguous')
+           AS ambiguous,
+       (SELECT coalesce(jsonb_agg(user_id ORDER BY user_id), '[]') FROM staged WHERE outcome = 'not_found')
+           AS not_found_ids,
+       (SELECT coalesce(jsonb_agg(jsonb_build_object('user_id', user_id, 'reason', reason) ORDER BY user_id), '[]')
         FROM staged WHERE outcome = 'failed') AS failures
