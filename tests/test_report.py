@@ -74,9 +74,21 @@ def intra42(intra42_sandbox, fresh_schema):
 
 
 def test_a_failed_run_is_recorded_with_its_task_and_error_and_mailed(intra42, sql, smtp_sink, notify_conn):
-    notify_conn({"conn_type": "smtp", "host": "127.0.0.1", "port": smtp_sink.server_address[1],
-                 "extra": {"to": "data-team@example.org", "from_email": "airflow@example.org",
-                           "disable_ssl": True, "disable_tls": True, "retry_limit": 0, "timeout": 5}})
+    notify_conn(
+        {
+            "conn_type": "smtp",
+            "host": "127.0.0.1",
+            "port": smtp_sink.server_address[1],
+            "extra": {
+                "to": "data-team@example.org",
+                "from_email": "airflow@example.org",
+                "disable_ssl": True,
+                "disable_tls": True,
+                "retry_limit": 0,
+                "timeout": 5,
+            },
+        }
+    )
     intra42.control("faults", {"error_rate": 1.0})  # every /v2 request answers 500, the token endpoint works
 
     run, states = run_dag(DAG_ID)
@@ -101,7 +113,9 @@ def test_a_failed_run_is_recorded_with_its_task_and_error_and_mailed(intra42, sq
     intra42.control("reset")
     run_dag(DAG_ID)
     assert sql("SELECT status, watermark IS NOT NULL FROM intra42.sync_runs ORDER BY id") == [
-        ("failed", False), ("success", True)]
+        ("failed", False),
+        ("success", True),
+    ]
 
 
 class RecordingNotifier:
@@ -119,23 +133,27 @@ class RecordingNotifier:
 def test_a_notifier_class_named_by_the_connection_is_called(notify_conn, monkeypatch):
     from types import SimpleNamespace
 
-    from usersync.report import notify_failure, notifier
+    from usersync.report import notifier, notify_failure
 
     monkeypatch.delenv("AIRFLOW_CONN_USERSYNC_NOTIFY", raising=False)
     assert notifier(subject="s", html_content="h") is None  # no connection: no notification
 
-    notify_conn({"conn_type": "generic", "extra": {"notifier": f"{__name__}.RecordingNotifier",
-                                                   "notifier_args": {"channel": "#data"}}})
+    notify_conn(
+        {
+            "conn_type": "generic",
+            "extra": {"notifier": f"{__name__}.RecordingNotifier", "notifier_args": {"channel": "#data"}},
+        }
+    )
     RecordingNotifier.sent.clear()
     context = {"dag_run": SimpleNamespace(dag_id="some_dag", run_id="manual__1")}
     notify_failure(context, {"task": "fetch", "error": "HTTPError: 503 Service Unavailable"})
-    assert RecordingNotifier.sent == [({"channel": "#data"}, "some_dag run manual__1 failed in task fetch: "
-                                       "HTTPError: 503 Service Unavailable")]
+    assert RecordingNotifier.sent == [
+        ({"channel": "#data"}, "some_dag run manual__1 failed in task fetch: HTTPError: 503 Service Unavailable")
+    ]
 
 
 def test_error_text_hides_secrets_and_emails():
     from airflow.sdk.log import mask_secret
-
     from usersync.report import error_text
 
     mask_secret("hunter2-very-secret")
