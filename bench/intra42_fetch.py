@@ -193,7 +193,7 @@ def table(students: int, repeats: int, results: dict[int, dict[str, Any]]) -> st
         f"{students:,} students = {pages} pages of {PER_PAGE}; median of {repeats} run(s) each",
         "",
         "| rate limit (client and sandbox) | ideal N/R | bare requests loop | ours (fetch_to_staging) "
-             "| ours / bare "
+        "| ours / bare "
         "| 429s (bare / ours, sent by the sandbox) |",
         "|---|---|---|---|---|---|",
     ]
