@@ -93,8 +93,10 @@ def write_students(directory: Path, students: int) -> tuple[str, int, float]:
 
 def create_tables(url: str) -> None:
     """Schema intra42 and its tables, as the DAG's create_tables task makes them; plus the floor's table."""
-    files = ["common/create_schema.sql", "common/create_sync_runs.sql", "common/create_sync_runs_index.sql",
-             "common/create_quarantine.sql", "common/create_quarantine_index.sql",
+    files = ["common/create_schema.sql", "common/create_sync_runs.sql", "common/create_sync_runs_columns.sql",
+             "common/create_sync_runs_index.sql", "common/create_sync_runs_dedup.sql",
+             "common/create_sync_runs_run_idx.sql", "common/create_quarantine.sql",
+             "common/create_quarantine_index.sql",
              "intra42/create_users.sql", "intra42/create_users_login_idx.sql",
              "intra42/create_users_email_idx.sql", "intra42/create_users_updated_at_idx.sql",
              "intra42/create_users_delta.sql"]

@@ -74,7 +74,7 @@ def entity_figures(ti, entity: str) -> dict:
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
-    default_args=dag_parts.DEFAULT_ARGS,
+    default_args=dag_parts.default_args(db),
     tags=["usersync", "gazelle"],
     params={
         "force_users": Param(False, type="boolean", description="Sync the technicians even though "
@@ -159,7 +159,9 @@ def gazelle_sync():
     for entity in ENTITIES:
         fetched = fetch.override(task_id=f"fetch_{entity}")(entity)
         staged = stage.override(task_id=f"stage_{entity}")(entity)
-        written = upsert.override(task_id=f"upsert_{entity}")(entity)
+        tables = (gazelle.STREAMS[entity].entity, *gazelle.STREAMS[entity].children)
+        written = upsert.override(task_id=f"upsert_{entity}",
+                                  outlets=[dag_parts.table_asset(db, table) for table in tables])(entity)
         fetched >> staged >> written
         steps[entity] = (fetched, staged, written)
         if entity == "users":

@@ -31,7 +31,7 @@ db = TargetDb(DB_CONN, SCHEMA, sync="intra42")
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
-    default_args=dag_parts.DEFAULT_ARGS,
+    default_args=dag_parts.default_args(db),
     tags=["usersync", "intra42", "users"],
     params={
         "full_refresh": Param(False, type="boolean", description="Fetch every student, not only the changes; "
@@ -82,7 +82,7 @@ def intra42_users():
     def stage_users(fetched: dict, dag_run=None) -> dict:
         return load.stage(db, "users", fetched["prefix"], dag_run.run_id)
 
-    @task
+    @task(outlets=[dag_parts.table_asset(db, "users")])
     def upsert_users(window: dict, staged: dict, params=None, dag_run=None) -> dict:
         return load.upsert(db, "users", run_id=dag_run.run_id, full_refresh=window["mode"] == "full",
                            max_delete_share=params["max_delete_share"], dry_run=params["dry_run"])

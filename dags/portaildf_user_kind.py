@@ -40,7 +40,7 @@ db = TargetDb(DB_CONN, SCHEMA, sync="portaildf")
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
-    default_args=dag_parts.DEFAULT_ARGS,
+    default_args=dag_parts.default_args(db),
     tags=["usersync", "portaildf", "users"],
     params={
         "dry_run": Param(False, type="boolean", description="Look everyone up and report the kind changes "
@@ -97,7 +97,7 @@ def portaildf_user_kind():
     def stage_answers(looked_up: list[dict], dag_run=None) -> dict:
         return load.stage(db, "users", [chunk["prefix"] for chunk in looked_up], dag_run.run_id)
 
-    @task
+    @task(outlets=[dag_parts.table_asset(db, "users")])
     def update_kinds(staged: dict, params=None, dag_run=None) -> dict:
         return load.upsert(db, "users", run_id=dag_run.run_id, dry_run=params["dry_run"])
 

@@ -9,11 +9,12 @@ from typing import Any
 
 from airflow.providers.common.sql.operators.sql import SQLExecuteQueryOperator
 from airflow.providers.http.sensors.http import HttpSensor
-from airflow.sdk import task
+from airflow.sdk import Asset, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from usersync.api import RETRYABLE_STATUS, SENSOR_HEADERS
-from usersync.db import hook_params
+from usersync.db import TargetDb, session_settings
+from usersync.report import RunFailed
 
 DEFAULT_ARGS = {
     "owner": "usersync",
@@ -22,9 +23,23 @@ DEFAULT_ARGS = {
     "retry_exponential_backoff": True,
     "max_retry_delay": timedelta(minutes=30),
 }
-COMMON_TABLES = ("common/create_schema.sql", "common/create_sync_runs.sql", "common/create_sync_runs_index.sql",
-                 "common/create_quarantine.sql", "common/create_quarantine_index.sql")
+COMMON_TABLES = ("common/create_schema.sql", "common/create_sync_runs.sql", "common/create_sync_runs_columns.sql",
+                 "common/create_sync_runs_index.sql", "common/create_sync_runs_dedup.sql",
+                 "common/create_sync_runs_run_idx.sql", "common/create_quarantine.sql",
+                 "common/create_quarantine_index.sql")
 NOT_YET = {404, 429, *RETRYABLE_STATUS}  # the API is starting, overloaded or down: poke again
+
+
+def default_args(db: TargetDb) -> dict[str, Any]:
+    """DEFAULT_ARGS, plus: a task that fails for good records the failure in the sync's sync_runs (and notifies)."""
+    return {**DEFAULT_ARGS, "on_failure_callback": RunFailed(db)}
+
+
+def table_asset(db: TargetDb, table: str) -> Asset:
+    """The Airflow Asset of a table a sync writes, `usersync://<db connection id>/<schema>/<table>`: named after
+    the connection, not its host, so that parsing the DAG needs no connection. A downstream DAG schedules on
+    it with `schedule=[Asset("usersync://intra42_db/intra42/users")]`."""
+    return Asset(uri=f"usersync://{db.conn_id}/{db.schema}/{table}", group="usersync")
 
 
 def _without_credentials(request):
@@ -59,8 +74,9 @@ def api_sensor(conn_id: str, endpoint: str, *, up: Sequence[int] = (200,), metho
 def create_tables(conn_id: str, schema: str, sync: str, statements: Sequence[str]) -> SQLExecuteQueryOperator:
     """The schema, sync_runs and quarantine, then the sync's own statements (include/sql/<sync>/<name>.sql), in
     order; all idempotent."""
-    return SQLExecuteQueryOperator(task_id="create_tables", conn_id=conn_id, hook_params=hook_params(schema),
-                                   sql=[*COMMON_TABLES, *(f"{sync}/{name}.sql" for name in statements)])
+    # One transaction (the operator commits once at the end), opened with the sync's settings.
+    return SQLExecuteQueryOperator(task_id="create_tables", conn_id=conn_id, sql=[
+        session_settings(schema), *COMMON_TABLES, *(f"{sync}/{name}.sql" for name in statements)])
 
 
 # For every `number` param: JSON Schema's number, minimum and maximum all accept NaN (every comparison with it

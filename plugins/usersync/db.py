@@ -16,15 +16,18 @@ log = logging.getLogger(__name__)
 SQL_DIR = Path(os.environ.get("USERSYNC_SQL_DIR", Path(__file__).resolve().parents[2] / "include" / "sql"))
 
 
-def hook_params(schema: str) -> dict[str, Any]:
-    """Session settings of every connection a sync opens.
+def session_settings(schema: str) -> str:
+    """The statement that starts every transaction a sync runs: its settings, local to the transaction.
 
-    search_path: sessions see only the sync's schema, so SQL files name tables without a schema.
+    Set per transaction, not as libpq startup options, because transaction-mode poolers (PgBouncer,
+    Supabase's Supavisor) hand each transaction to any server connection and ignore or refuse those options.
+    search_path: the sync's schema only, so SQL files name tables without a schema.
     jit off: the staging tables are fresh (no statistics), so the planner over-estimates them and JIT-compiles
              one-shot statements for more time than it saves.
     work_mem: room for the de-duplicating sort of a whole batch without spilling to disk.
     """
-    return {"options": f"-c search_path={schema} -c jit=off -c work_mem=64MB"}
+    return (f"SELECT set_config('search_path', '{schema}', true), set_config('jit', 'off', true), "
+            "set_config('work_mem', '64MB', true)")
 
 
 class TargetDb:
@@ -51,9 +54,11 @@ class TargetDb:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Any]:
         """One transaction: committed when the block ends, rolled back if it raises."""
-        conn = PostgresHook(postgres_conn_id=self.conn_id, **hook_params(self.schema)).get_conn()
+        conn = PostgresHook(postgres_conn_id=self.conn_id).get_conn()
+        conn.prepare_threshold = None  # no server-side prepared statements: a pooler may switch server connection
         try:
             with conn.cursor() as cur:
+                cur.execute(session_settings(self.schema))
                 yield cur
             conn.commit()
         except BaseException:

@@ -1,9 +1,13 @@
-"""The run report: logged as a table, returned to XCom, appended to the sync's sync_runs table."""
+"""The run report: logged as a table, returned to XCom, recorded in the sync's sync_runs table (one row per
+run, failed runs too), and the failure notification."""
 
 from __future__ import annotations
 
+import html
+import importlib
 import json
 import logging
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -78,7 +82,91 @@ def record_run(db: TargetDb, report: dict[str, Any]) -> None:
 
 
 def publish(db: TargetDb, report: dict[str, Any]) -> dict[str, Any]:
-    """Log the report as a table and append it to sync_runs; returns it for XCom."""
+    """Log the report as a table and record it in sync_runs (the run's row becomes 'success'); returns it."""
     log.info("run report\n%s", format_report(report))
     record_run(db, report)
     return report
+
+
+NOTIFY_CONN = "usersync_notify"
+EMAIL = re.compile(r"[^\s@<>()\[\]\"',;:]+@[^\s@<>()\[\]\"',;:]+\.[A-Za-z]{2,}")
+ERROR_CHARS = 2000
+
+
+def error_text(error: BaseException | str | None) -> str:
+    """What a failure record and notification say about an error: its type and message, with every secret Airflow
+    masks and every email address taken out, cut to a readable length."""
+    from airflow.sdk._shared.secrets_masker import redact
+
+    text = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error or "unknown")
+    text = EMAIL.sub("<email>", str(redact(text)))
+    return text if len(text) <= ERROR_CHARS else text[:ERROR_CHARS] + " ..."
+
+
+class RunFailed:
+    """A task's on_failure_callback (called in the task's process once its last try failed): records the
+    failure in the run's sync_runs row, then sends the notification of the `usersync_notify` connection, if
+    there is one. Neither step may hide the task's own error: their failures are only logged."""
+
+    def __init__(self, db: TargetDb):
+        self.db = db
+
+    def __call__(self, context: dict[str, Any]) -> None:
+        ti, dag_run = context["ti"], context["dag_run"]
+        error = {"task": ti.task_id, "map_index": ti.map_index, "try": ti.try_number,
+                 "error": error_text(context.get("exception")), "at": datetime.now(UTC).isoformat()}
+        try:
+            self.db.query("record_failure", {
+                "dag_id": dag_run.dag_id, "run_id": dag_run.run_id, "error": json.dumps(error),
+                "dry_run": bool((context.get("params") or {}).get("dry_run", False)),
+                "started_at": dag_run.start_date,
+            })
+        except Exception:
+            log.exception("could not record the failure of %s in sync_runs", ti.task_id)
+        try:
+            notify_failure(context, error)
+        except Exception:
+            log.exception("could not send the failure notification of %s", ti.task_id)
+
+
+def notifier(conn_id: str = NOTIFY_CONN, **message: str):
+    """The notifier the `conn_id` connection configures, or None when there is no such connection.
+
+    smtp connection: Airflow's SmtpNotifier, to the extra's `to` (the connection holds server, login, from_email).
+    Any other type: the notifier class named by the extra's `notifier` (e.g.
+    `airflow.providers.slack.notifications.slack.SlackNotifier`), built with the extra's `notifier_args`.
+    """
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        return None
+    extra = conn.extra_dejson
+    if conn.conn_type == "smtp" and "notifier" not in extra:
+        from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+        return SmtpNotifier(to=extra["to"], smtp_conn_id=conn_id, subject=message["subject"],
+                            html_content=message["html_content"])
+    module, _, name = extra["notifier"].rpartition(".")
+    return getattr(importlib.import_module(module), name)(**extra.get("notifier_args", {}))
+
+
+def notify_failure(context: dict[str, Any], error: dict[str, Any]) -> None:
+    """Send the configured notification about a failed run. The message is the error as recorded; templated
+    notifier_args can also use `{{ usersync_failure }}` (task and error on one line)."""
+    dag_run = context["dag_run"]
+    summary = f"{dag_run.dag_id} run {dag_run.run_id} failed in task {error['task']}: {error['error']}"
+    send = notifier(subject=_verbatim(f"usersync: {dag_run.dag_id} failed in {error['task']}"),
+                    html_content=_verbatim(f"<pre>{html.escape(summary)}</pre>"))
+    if send is None:
+        return
+    context["usersync_failure"] = summary
+    send(context)
+    log.info("failure notification sent through %s", NOTIFY_CONN)
+
+
+def _verbatim(text: str) -> str:
+    """A notifier renders its fields as Jinja templates: the error is text, never a template."""
+    return "{% raw %}" + text + "{% endraw %}"
