@@ -298,3 +298,34 @@ def test_a_late_change_is_picked_up_by_the_daily_reconcile(intra42, sql):
     assert (report["mode"], report["updated"], report["marked_deleted"]) == ("full", 10, 0)
     assert actual_table(sql) == expected_table(intra42)
     assert set(late) <= set(actual_table(sql))
+
+
+def test_interval_runs_whose_stage_and_write_interleave_end_exact(intra42_sandbox, fresh_schema, sql, monkeypatch):
+    from usersync import load, staging
+
+    from sandbox.common import serve
+    from sandbox.intra42 import Intra42Data, create_app
+
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    data = Intra42Data(students=400, seed=5, updated_from=start, updated_to=start + timedelta(days=1))
+    app = create_app(data, client_id="test-client-id", client_secret=CLIENT_SECRET, per_second=40,
+                     per_hour=100000)
+    monkeypatch.setattr(staging, "clean_up", lambda dag_id, run_id: None)
+    write, earlier = load.upsert, []
+
+    def after_the_previous_run_staged_again(db, entity, *, run_id, **kwargs):
+        if earlier:  # the previous interval's run stages (a retry, a concurrent backfill) between stage and write
+            load.stage(db, entity, staging.run_prefix(DAG_ID, earlier[-1], "users"), earlier[-1])
+        earlier.append(run_id)
+        return write(db, entity, run_id=run_id, **kwargs)
+
+    monkeypatch.setattr(load, "upsert", after_the_previous_run_staged_again)
+    with serve(app) as url:
+        monkeypatch.setenv("AIRFLOW_CONN_INTRA42_API", intra42_conn(url, rate_limit="40/s"))
+        fresh_schema(DAG_ID, "intra42")
+        for hours in (6, 12, 18, 24):
+            sync({"interval_only": True}, logical_date=start + timedelta(hours=hours))
+            report = last_report(sql)
+            assert report.get("restaged", 0) == (report["staged"] if len(earlier) > 1 else 0)
+
+        assert actual_table(sql) == {s["id"]: tuple(_normal(c, s[c]) for c in COLUMNS) for s in data.students()}
