@@ -257,3 +257,10 @@ def test_a_full_refresh_does_not_mark_what_another_run_wrote_after_its_fetch(db,
 
     assert written["marked_deleted"] == 0
     assert sql("SELECT count(*) FROM intra42.users WHERE deleted_at IS NULL") == [(11,)]
+
+
+def test_a_suspicious_line_keeps_its_place_among_duplicates(db, tmp_path, sql):
+    stage_run(db, tmp_path, "run_1", [student(1, first_name="Old 😀", wallet=1), student(1, wallet=2),
+                                      student(2, wallet=1), student(2, first_name="New 😀", wallet=3)])
+    assert sql("SELECT id, wallet, first_name FROM intra42.users_delta ORDER BY id") == [
+        (1, 2, "Zoé"), (2, 3, "New 😀")]

@@ -39,19 +39,18 @@ log = logging.getLogger(__name__)
 # Each staged line is one JSON record; this CSV dialect's quote and delimiter bytes never occur in JSON
 # text, so COPY takes every line verbatim as one value.
 COPY_RAW = "COPY {} (record) FROM STDIN WITH (FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')"
-# The same dialect with the line's position first: "<seq>\x02<line>".
-COPY_NUMBERED = "COPY {} (seq, {}) FROM STDIN WITH (FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')"
-# The landing table of every entity: one API record per row, seq its position in the staged files. Unlogged:
-# rebuilt every stage. (Earlier versions numbered the rows with an identity: dropped, the seq comes with the line.)
-CREATE_RAW = "CREATE UNLOGGED TABLE IF NOT EXISTS {} (seq bigint NOT NULL, record jsonb NOT NULL)"
-RAW_SEQ_NOT_IDENTITY = "ALTER TABLE {} ALTER COLUMN seq DROP IDENTITY IF EXISTS"
-# The lines a pre-filter found suspicious, as text, until Postgres says whether they are storable as jsonb.
+# The landing table of every entity: one API record per row, in staged order. Unlogged: rebuilt every run.
+CREATE_RAW = "CREATE UNLOGGED TABLE IF NOT EXISTS {} (seq bigint GENERATED ALWAYS AS IDENTITY, record jsonb NOT NULL)"
+# The lines a pre-filter found suspicious, as text, with their place in <entity>_raw (which holds a JSON null
+# there meanwhile), until Postgres says whether they are storable as jsonb: COPY'd as "<seq>\x02<line>".
 CREATE_SUSPECT = "CREATE UNLOGGED TABLE IF NOT EXISTS {} (seq bigint NOT NULL, line text NOT NULL)"
+COPY_SUSPECT = "COPY {} (seq, line) FROM STDIN WITH (FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')"
+PLACEHOLDER = b"null"  # JSON, for COPY into jsonb
 # What can make a valid JSON line unstorable as jsonb (staged files are ASCII: every non-ASCII character is a
 # \u escape): \u0000, a surrogate (paired ones are fine, lone ones are not), NaN/Infinity. False alarms (an
 # emoji's surrogate pair, "NaN" in a name) only cost a guarded cast.
 SUSPECT = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])|NaN|Infinity")
-# Suspicious lines: the storable ones join <entity>_raw in their place, the others go to quarantine with
+# Suspicious lines: the storable ones take their place in <entity>_raw, the others leave it for quarantine with
 # Postgres' reason (the line kept as a JSON string, verbatim).
 SORT_SUSPECTS = """
 WITH judged AS MATERIALIZED (SELECT seq, line, json_refusal(line) AS reason FROM {suspect}),
@@ -60,9 +59,9 @@ refused AS (
     SELECT %(run_id)s, %(entity)s, reason, to_jsonb(line) FROM judged WHERE reason IS NOT NULL
     RETURNING 1
 ),
+dropped AS (DELETE FROM {raw} r USING judged j WHERE r.seq = j.seq AND j.reason IS NOT NULL RETURNING 1),
 parsed AS (
-    INSERT INTO {raw} (seq, record) SELECT seq, line::jsonb FROM judged WHERE reason IS NULL
-    RETURNING 1
+    UPDATE {raw} r SET record = j.line::jsonb FROM judged j WHERE r.seq = j.seq AND j.reason IS NULL RETURNING 1
 )
 SELECT (SELECT count(*) FROM refused) AS refused
 """
@@ -125,16 +124,15 @@ def _stage(db: TargetDb, cur: Any, entity: str, prefixes: Sequence[str], run_id:
     params = {"run_id": run_id, "entity": entity}
     cur.execute("DELETE FROM quarantine WHERE run_id = %(run_id)s AND entity = %(entity)s", params)  # a retry
     cur.execute(sql.SQL(CREATE_RAW).format(raw))
-    cur.execute(sql.SQL(RAW_SEQ_NOT_IDENTITY).format(raw))
     cur.execute(sql.SQL(CREATE_SUSPECT).format(suspect))
-    cur.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join([raw, suspect, *deltas])))
+    cur.execute(sql.SQL("TRUNCATE {} RESTART IDENTITY").format(sql.SQL(", ").join([raw, suspect, *deltas])))
     suspects: list[bytes] = []
-    with cur.copy(sql.SQL(COPY_NUMBERED).format(raw, sql.Identifier("record"))) as copy:
-        for chunk in _numbered_lines([ObjectStoragePath(p) for p in prefixes], suspects):
+    with cur.copy(sql.SQL(COPY_RAW).format(raw)) as copy:
+        for chunk in _staged_lines([ObjectStoragePath(p) for p in prefixes], suspects):
             copy.write(chunk)
     refused = 0
     if suspects:
-        with cur.copy(sql.SQL(COPY_NUMBERED).format(suspect, sql.Identifier("line"))) as copy:
+        with cur.copy(sql.SQL(COPY_SUSPECT).format(suspect)) as copy:
             copy.write(b"".join(suspects))
         refused = _sort_suspects(cur, raw, suspect, params)
     counts = db.run(cur, f"stage_{entity}", params)
@@ -149,23 +147,26 @@ def _sort_suspects(cur: Any, raw: sql.Identifier, suspect: sql.Identifier, param
     return cur.fetchone()[0]
 
 
-def _numbered_lines(prefixes: Sequence[ObjectStoragePath], suspects: list[bytes]) -> Iterator[bytes]:
-    """Every staged line as "<seq>\\x02<line>\\n", prefix after prefix, page after page (one page at a time in
-    memory); the suspicious ones are set aside in `suspects` (same form) instead."""
-    seq = 0
+def _staged_lines(prefixes: Sequence[ObjectStoragePath], suspects: list[bytes]) -> Iterator[bytes]:
+    """Every staged line, prefix after prefix, page after page (one page in memory at a time), as COPY reads them;
+    a suspicious line is replaced by a JSON null and set aside in `suspects` as "<its seq>\\x02<line>"."""
+    seq = 0  # <entity>_raw numbers its rows from 1 in this order
     for prefix in prefixes:
         for page in staged_pages(prefix):
             data = page.read_bytes()
-            lines = data.splitlines()
+            if data and not data.endswith(b"\n"):
+                data += b"\n"
             if SUSPECT.search(data) is None:
-                yield b"".join(b"%d\x02%b\n" % (seq + i, line) for i, line in enumerate(lines, 1) if line)
-            else:
-                kept = []
-                for i, line in enumerate(lines, 1):
-                    if line:
-                        (suspects if SUSPECT.search(line) else kept).append(b"%d\x02%b\n" % (seq + i, line))
-                yield b"".join(kept)
+                seq += data.count(b"\n")
+                yield data
+                continue
+            lines = data.split(b"\n")[:-1]
+            for i, line in enumerate(lines, seq + 1):
+                if SUSPECT.search(line):
+                    suspects.append(b"%d\x02%b\n" % (i, line))
+                    lines[i - seq - 1] = PLACEHOLDER
             seq += len(lines)
+            yield b"\n".join(lines) + b"\n"
 
 
 def _delta_rows(cur: Any, entity: str, children: Sequence[str]) -> dict[str, int]:
