@@ -2,8 +2,10 @@
 ### intra42_users: 42 intra cursus-21 students → `intra42.users`
 
 Every 6 hours: wait for the API, make sure the tables exist, choose what to fetch (the changes since the
-last successful run; a backfill run's own data interval; everything on `full_refresh`), stage every page
-as JSON, COPY it into `users_delta`, upsert what changed in one transaction, and report.
+last watermark, minus `overlap_minutes`; everything once every `reconcile_every_hours`, marking the students
+gone; a backfill run's own data interval; everything on `full_refresh`), stage every page as JSON, COPY it
+into `users_delta`, upsert what changed in one transaction, and report. Runs may overlap (backfills): each
+writes its own records, and an older record never replaces a newer one.
 
 Connections: `intra42_api` (http: host, login = client id, password = client secret, extra `rate_limit`)
 and `intra42_db` (the application's Postgres; tables live in schema `intra42`).
@@ -11,7 +13,7 @@ and `intra42_db` (the application's Postgres; tables live in schema `intra42`).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 from usersync import dag_parts, intra42, load, report, staging
@@ -44,6 +46,11 @@ db = TargetDb(DB_CONN, SCHEMA, sync="intra42")
         "max_delete_share": Param(0.10, type="number", minimum=0, maximum=1, **dag_parts.FINITE,
                                   description="A full refresh refuses to mark more than this share of the "
                                   "students deleted."),
+        "overlap_minutes": Param(5, type="integer", minimum=0, description="An incremental run reads again "
+                                 "the changes dated up to this long before the watermark (late writes)."),
+        "reconcile_every_hours": Param(24, type="integer", minimum=0, description="A scheduled or manual run "
+                                       "reads everything (and marks the students gone) when the last full "
+                                       "read is this old; 0: never by itself."),
     },
     template_searchpath=[str(SQL_DIR)],
     user_defined_macros={"schema": SCHEMA},
@@ -65,7 +72,9 @@ def intra42_users():
         return choose_window(
             full_refresh=params["full_refresh"], interval_only=params["interval_only"],
             run_type=dag_run.run_type, interval_start=data_interval_start,
-            interval_end=data_interval_end, watermark=last and last["watermark"],
+            interval_end=data_interval_end, watermark=last["watermark"], last_full=last["last_full"],
+            reconcile_every=timedelta(hours=params["reconcile_every_hours"]) or None,
+            overlap=timedelta(minutes=params["overlap_minutes"]),
         )
 
     @task
@@ -83,9 +92,13 @@ def intra42_users():
         return load.stage(db, "users", fetched["prefix"], dag_run.run_id)
 
     @task(outlets=[dag_parts.table_asset(db, "users")])
-    def upsert_users(window: dict, staged: dict, params=None, dag_run=None) -> dict:
+    def upsert_users(window: dict, fetched: dict, staged: dict, params=None, dag_run=None) -> dict:
+        # Only a run that read everything since the last watermark may move it, up to what it read up to.
+        upto = window.get("updated_to") or datetime.fromtimestamp(fetched["fetch_epoch"], UTC)
         return load.upsert(db, "users", run_id=dag_run.run_id, full_refresh=window["mode"] == "full",
-                           max_delete_share=params["max_delete_share"], dry_run=params["dry_run"])
+                           max_delete_share=params["max_delete_share"], dry_run=params["dry_run"],
+                           fetch_started=fetched["fetch_epoch"], watermark_upto=upto,
+                           moves_watermark=window["mode"] != "interval" and not params["dry_run"])
 
     @task
     def report_run(window: dict, fetched: dict, staged: dict, written: dict, params=None, dag_run=None) -> dict:
@@ -95,7 +108,7 @@ def intra42_users():
             fetched=fetched["records"], pages=fetched["pages"], **staged, **written,
             api_calls=fetched["api_calls"], throttled=fetched["throttled"], retries=fetched["retries"],
         )
-        staging.remove_other_runs(dag_run.dag_id, dag_run.run_id)
+        staging.clean_up(dag_run.dag_id, dag_run.run_id)
         return report.publish(db, run)
 
     window = choose_what_to_fetch()
@@ -103,7 +116,7 @@ def intra42_users():
     dag_parts.check_params() >> [api_available, create_tables]
     fetched = fetch_students(window)
     staged = stage_users(fetched)
-    written = upsert_users(window, staged)
+    written = upsert_users(window, fetched, staged)
     report_run(window, fetched, staged, written)
 
 

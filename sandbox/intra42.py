@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import dataclasses
 import functools
 import hashlib
+import json
 import math
 import random
 import threading
@@ -27,7 +29,17 @@ from urllib.parse import urlencode
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
-from sandbox.common import Controls, Faults, Sandbox, TokenStore, install, json_response, oauth_params
+from sandbox.common import (
+    CONTROL_PREFIX,
+    JSON_TYPE,
+    Controls,
+    Faults,
+    Sandbox,
+    TokenStore,
+    install,
+    json_response,
+    oauth_params,
+)
 
 DEFAULT_CLIENT_ID = "usersync-sandbox-uid"
 DEFAULT_CLIENT_SECRET = "usersync-sandbox-secret"
@@ -329,6 +341,7 @@ class Intra42Data:
             "alumnized_at": iso(created + (updated - created) * 3 // 4) if self._alumni[p] else None,
             "alumni?": self._alumni[p],
             "active?": self._active[p],
+            **self._hostile.get(p, {}),
         }
 
     def user(self, key: int | str) -> dict | None:
@@ -409,7 +422,17 @@ class Intra42Data:
         return values
 
     def positions(self, query: Query) -> array:
-        """Record indexes matching ``query``, in its sort order (cached until the data changes)."""
+        """Record indexes matching ``query``, in its sort order (cached until the data changes).
+
+        A ``range[id]`` is answered from the index (ids increase with the position): the matches of the rest
+        of the query (cached) narrowed by bisection when sorted by id, so an id walk costs no full scan.
+        """
+        id_ranges = [r for r in query.ranges if r[0] == "id"]
+        if id_ranges:
+            rest = self.positions(dataclasses.replace(query, ranges=tuple(r for r in query.ranges if r[0] != "id")))
+            lo = max((r[1] for r in id_ranges if r[1] is not None), default=None)
+            hi = min((r[2] for r in id_ranges if r[2] is not None), default=None)
+            return self._id_slice(rest, query.sort, lo, hi)
         with self._lock:
             if query in self._cache:
                 self._cache.move_to_end(query)
@@ -440,6 +463,20 @@ class Intra42Data:
             if len(self._cache) > 16:
                 self._cache.popitem(last=False)
             return result
+
+    def _id_slice(self, positions: array, sort: tuple, lo: int | None, hi: int | None) -> array:
+        """The positions whose id is within [lo, hi], in their order."""
+        lo = -math.inf if lo is None else lo
+        hi = math.inf if hi is None else hi
+        if sort[:1] in ((("id", False),), (("id", True),)):
+            descending = sort[0][1]
+            # ids increase with the position: sorted by id, the matches are one slice, found by bisection
+            key = (lambda p: -self._ids[p]) if descending else self._ids.__getitem__
+            bounds = (-hi, -lo) if descending else (lo, hi)
+            start = bisect.bisect_left(positions, bounds[0], key=key)
+            end = bisect.bisect_right(positions, bounds[1], key=key)
+            return positions[start:end]
+        return array("q", (p for p in positions if lo <= self._ids[p] <= hi))
 
     def page(self, query: Query, page: int, per_page: int, repeat: int = 0) -> tuple[list[dict], int, int]:
         """(records of page ``page`` (1-based), total matching, records repeated from the previous page).
@@ -475,14 +512,15 @@ class Intra42Data:
 
     # ------------------------------------------------------------------ changes
 
-    def mutate(self, k: int) -> list[int]:
+    def mutate(self, k: int, at: datetime | None = None) -> list[int]:
         """Change k non-alumni students (new ones on each call until all were picked) and return their ids.
 
-        Location, wallet and correction_point change, sometimes last_name; updated_at becomes now.
+        Location, wallet and correction_point change, sometimes last_name; updated_at becomes now, or `at` (a
+        change the API records late, dated before it shows up).
         """
         with self._lock:
             students = self._student_positions
-            now = to_ms(datetime.now(UTC))
+            now = to_ms(at or datetime.now(UTC))
             ids = []
             for _ in range(min(k, len(students))):
                 j = self._mutations
@@ -505,9 +543,35 @@ class Intra42Data:
             self._cache.clear()
             return ids
 
+    def make_hostile(self) -> dict[str, int]:
+        """Serve one student per kind of record a real API can send and a loader must survive; returns their ids.
+
+        nul, lone_surrogate: a name JSON can carry but Postgres cannot store (NUL, a lone UTF-16 surrogate);
+        impossible_date, offset_99: an ``updated_at`` shaped like ISO 8601 that is no moment; future: a valid
+        record dated 2099 (a clock running ahead), which is loaded but must not stall incremental runs.
+        """
+        overrides = {
+            "nul": {"last_name": "Nul\x00l"},
+            "lone_surrogate": {"first_name": "Half \ud83d"},
+            "impossible_date": {"updated_at": "2026-02-30T10:00:00.000Z"},
+            "offset_99": {"updated_at": "2025-06-01T10:00:00.000+99:00"},
+            "future": {},
+        }
+        with self._lock:
+            students, ids = self._student_positions, {}
+            for n, (kind, fields) in enumerate(overrides.items(), start=1):
+                p = students[n * len(students) // (len(overrides) + 1)]
+                self._hostile[p] = fields
+                if kind == "future":
+                    self._updated[p] = to_ms("2099-01-01T00:00:00Z")
+                ids[kind] = self._ids[p]
+            self._cache.clear()
+            return ids
+
     def reset(self) -> None:
         """Forget all mutations."""
         with self._lock:
+            self._hostile: dict[int, dict] = {}
             self._changes: dict[int, dict] = {}
             self._updated = array("q", self._updated_orig)
             self._mutations = 0
@@ -656,6 +720,11 @@ def create_app(
         return json_response(body, 200, no_cache)
 
     app.add_api_route("/oauth/token", issue_token, methods=["POST"])
+
+    async def hostile(_request: Request) -> Response:
+        return json_response({"ids": data.make_hostile()})
+
+    app.add_api_route(f"{CONTROL_PREFIX}/hostile", hostile, methods=["POST"])
     app.add_api_route("/v2/oauth/token", issue_token, methods=["POST"])
 
     def bearer(request: Request) -> tuple[object, str | None]:
@@ -743,7 +812,11 @@ def create_app(
         link = _link_header(request, page, math.ceil(total / per_page))
         if link:
             headers["Link"] = link
-        return json_response(records, 200, headers)
+        try:
+            return json_response(records, 200, headers)
+        except UnicodeEncodeError:  # a lone surrogate (hostile records): sent as its JSON escape, like Rails does
+            body = json.dumps(records, separators=(",", ":")).encode()
+            return Response(body, status_code=200, headers=headers, media_type=JSON_TYPE)
 
     @app.get("/v2/cursus/{cursus_id}/users")
     async def cursus_users(request: Request, cursus_id: str) -> Response:

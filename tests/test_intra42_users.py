@@ -24,8 +24,9 @@ def intra42(intra42_sandbox, fresh_schema):
     return intra42_sandbox
 
 
-def expected_table(sandbox) -> dict:
-    return {s["id"]: tuple(_normal(c, s[c]) for c in COLUMNS) for s in sandbox.data.students()}
+def expected_table(sandbox, without=()) -> dict:
+    students = (s for s in sandbox.data.students() if s["id"] not in without)
+    return {s["id"]: tuple(_normal(c, s[c]) for c in COLUMNS) for s in students}
 
 
 def actual_table(sql, where="deleted_at IS NULL") -> dict:
@@ -74,7 +75,7 @@ def test_first_run_loads_every_student_and_a_rerun_writes_nothing(intra42, sql):
     assert again["fetched"] < len(expected)  # only the watermark's overlap is read again
     assert versions(sql) == before
     staged_runs = [p.name for p in (Path(AIRFLOW_HOME) / "staging" / DAG_ID).iterdir()]
-    assert len(staged_runs) == 1  # only the latest run's staging files are kept
+    assert staged_runs == []  # a finished run removes its staging files
 
 
 def test_k_changed_students_are_exactly_k_updates(intra42, sql):
@@ -174,7 +175,10 @@ def test_backfilled_intervals_give_the_same_table_as_a_full_refresh(intra42_sand
         assert len(backfilled) == 600
 
 
-def test_no_secret_reaches_logs_xcom_or_staging(intra42, sql, capfd):
+def test_no_secret_reaches_logs_xcom_or_staging(intra42, sql, capfd, monkeypatch):
+    from usersync import staging
+
+    monkeypatch.setattr(staging, "clean_up", lambda dag_id, run_id: None)  # keep the files to search them
     run = sync()
     tokens = list(intra42.app.state.tokens._tokens)  # every access token the sandbox issued
     assert tokens
@@ -216,3 +220,112 @@ def test_malformed_students_are_quarantined_with_their_reason_while_the_rest_loa
     for student_id, _ in quarantined:
         del expected[student_id]
     assert actual_table(sql) == expected
+
+
+def watermark(sql):
+    return sql("SELECT watermark FROM intra42.sync_runs WHERE watermark IS NOT NULL ORDER BY id DESC LIMIT 1")[0][0]
+
+
+def test_an_interval_run_on_an_empty_table_does_not_stand_for_a_full_load(intra42, sql):
+    changed = intra42.control("mutate", {"k": 50})["ids"]
+    now = datetime.now(UTC)
+    interval_end = now.replace(hour=now.hour // 6 * 6, minute=0, second=0, microsecond=0) + timedelta(hours=6)
+    sync({"interval_only": True}, logical_date=interval_end)  # its interval holds the 50 changes
+    assert set(actual_table(sql)) == set(changed)
+    assert sql("SELECT watermark FROM intra42.sync_runs") == [(None,)]
+
+    sync()
+
+    assert last_report(sql)["mode"] == "full"
+    assert actual_table(sql) == expected_table(intra42)
+
+
+def test_hostile_records_are_quarantined_with_their_reason_and_a_future_date_stalls_nothing(intra42, sql):
+    hostile = intra42.control("hostile")["ids"]
+    sync()
+
+    report = last_report(sql)
+    reasons = dict(sql("SELECT substring(record #>> '{}' FROM '\"id\":(\\d+)')::bigint, reason "
+                       "FROM intra42.quarantine WHERE jsonb_typeof(record) = 'string' "
+                       "UNION ALL SELECT (record->>'id')::bigint, reason FROM intra42.quarantine "
+                       "WHERE jsonb_typeof(record) = 'object'"))
+    assert "unsupported Unicode escape sequence" in reasons.pop(hostile["nul"])
+    assert "surrogate" in reasons.pop(hostile["lone_surrogate"])
+    assert reasons.pop(hostile["impossible_date"]) == "updated_at: no such date"
+    assert reasons.pop(hostile["offset_99"]) == "updated_at: UTC offset out of range"
+    assert reasons == {} and report["quarantined"] == 4
+    quarantined = [hostile[kind] for kind in ("nul", "lone_surrogate", "impossible_date", "offset_99")]
+    assert actual_table(sql) == expected_table(intra42, without=quarantined)  # the 2099 student included
+    assert report["future_dated"] == 1
+    assert watermark(sql).year < 2099
+
+    changed = intra42.control("mutate", {"k": 6})["ids"]
+    sync()
+    again = last_report(sql)
+    assert (again["mode"], again["updated"]) == ("incremental", 6)
+    assert set(changed) <= set(actual_table(sql))
+
+
+def test_a_postgres_crash_between_stage_and_write_loses_nothing(intra42, sql, monkeypatch):
+    from usersync import load
+
+    write = load.upsert
+
+    def after_a_crash(db, entity, **kwargs):
+        sql("TRUNCATE intra42.users_delta")  # what crash recovery does to an unlogged table
+        return write(db, entity, **kwargs)
+
+    monkeypatch.setattr(load, "upsert", after_a_crash)
+    sync()
+
+    report = last_report(sql)
+    assert report["inserted"] == report["staged"] == len(intra42.data.students())
+    assert report["restaged"] == report["staged"]
+    assert actual_table(sql) == expected_table(intra42)
+
+
+def test_a_late_change_is_picked_up_by_the_daily_reconcile(intra42, sql):
+    sync()
+    late = intra42.data.mutate(10, at=watermark(sql) - timedelta(minutes=10))  # dated before the overlap
+
+    sync()
+    assert (last_report(sql)["mode"], last_report(sql)["updated"]) == ("incremental", 0)  # not seen
+    sql("UPDATE intra42.sync_runs SET started_at = started_at - interval '25 hours' WHERE mode = 'full'")
+
+    sync()
+
+    report = last_report(sql)
+    assert (report["mode"], report["updated"], report["marked_deleted"]) == ("full", 10, 0)
+    assert actual_table(sql) == expected_table(intra42)
+    assert set(late) <= set(actual_table(sql))
+
+
+def test_interval_runs_whose_stage_and_write_interleave_end_exact(intra42_sandbox, fresh_schema, sql, monkeypatch):
+    from usersync import load, staging
+
+    from sandbox.common import serve
+    from sandbox.intra42 import Intra42Data, create_app
+
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    data = Intra42Data(students=400, seed=5, updated_from=start, updated_to=start + timedelta(days=1))
+    app = create_app(data, client_id="test-client-id", client_secret=CLIENT_SECRET, per_second=40,
+                     per_hour=100000)
+    monkeypatch.setattr(staging, "clean_up", lambda dag_id, run_id: None)
+    write, earlier = load.upsert, []
+
+    def after_the_previous_run_staged_again(db, entity, *, run_id, **kwargs):
+        if earlier:  # the previous interval's run stages (a retry, a concurrent backfill) between stage and write
+            load.stage(db, entity, staging.run_prefix(DAG_ID, earlier[-1], "users"), earlier[-1])
+        earlier.append(run_id)
+        return write(db, entity, run_id=run_id, **kwargs)
+
+    monkeypatch.setattr(load, "upsert", after_the_previous_run_staged_again)
+    with serve(app) as url:
+        monkeypatch.setenv("AIRFLOW_CONN_INTRA42_API", intra42_conn(url, rate_limit="40/s"))
+        fresh_schema(DAG_ID, "intra42")
+        for hours in (6, 12, 18, 24):
+            sync({"interval_only": True}, logical_date=start + timedelta(hours=hours))
+            report = last_report(sql)
+            assert report.get("restaged", 0) == (report["staged"] if len(earlier) > 1 else 0)
+
+        assert actual_table(sql) == {s["id"]: tuple(_normal(c, s[c]) for c in COLUMNS) for s in data.students()}

@@ -144,3 +144,123 @@ def test_quarantined_record_is_not_marked_deleted(db, tmp_path, sql):
 
     assert staged["quarantined"] == 1
     assert counts["marked_deleted"] == 0
+
+
+def stage_run(db, tmp_path, run_id, records):
+    from usersync import staging
+
+    folder = tmp_path / run_id
+    folder.mkdir(parents=True)
+    staging.write_ndjson(staging.ObjectStoragePath(f"file://{folder}/page-000001.ndjson"), records)
+    return load.stage(db, "users", f"file://{folder}", run_id)
+
+
+def test_interleaved_runs_each_write_their_own_records(db, tmp_path, sql):
+    a = [student(i) for i in range(1, 51)]
+    b = [student(i) for i in range(51, 101)]
+    stage_run(db, tmp_path, "run_a", a)
+    stage_run(db, tmp_path, "run_b", b)  # empties users_delta and fills it with B's records
+
+    written_a = load.upsert(db, "users", run_id="run_a")
+    written_b = load.upsert(db, "users", run_id="run_b")
+
+    assert (written_a["inserted"], written_a["restaged"]) == (50, 50)
+    assert (written_b["inserted"], written_b["restaged"]) == (50, 50)
+    assert sql("SELECT count(*), min(id), max(id) FROM intra42.users") == [(100, 1, 100)]
+
+
+def test_a_delta_emptied_by_a_crash_is_staged_again(db, tmp_path, sql):
+    stage_run(db, tmp_path, "run_a", [student(i) for i in range(1, 31)])
+    sql("TRUNCATE intra42.users_delta")  # what crash recovery does to an unlogged table
+
+    written = load.upsert(db, "users", run_id="run_a")
+
+    assert (written["inserted"], written["restaged"]) == (30, 30)
+    assert sql("SELECT count(*) FROM intra42.users") == [(30,)]
+
+
+def test_a_run_that_staged_nothing_cannot_write(db, tmp_path):
+    stage_run(db, tmp_path, "run_a", [student(1)])
+    with pytest.raises(load.DeltaNotStagedError):
+        load.upsert(db, "users", run_id="run_never_staged")
+
+
+def test_an_older_record_never_replaces_a_newer_one(db, tmp_path, sql):
+    stage_run(db, tmp_path, "newer", [student(1, wallet=2, updated_at="2025-08-01T00:00:00Z")])
+    load.upsert(db, "users", run_id="newer")
+    stage_run(db, tmp_path, "older", [student(1, wallet=1, updated_at="2025-07-01T00:00:00Z")])
+
+    written = load.upsert(db, "users", run_id="older")
+
+    assert (written["updated"], written["stale"]) == (0, 1)
+    assert sql("SELECT wallet FROM intra42.users") == [(2,)]
+
+
+def test_hostile_records_are_quarantined_with_their_reason_and_the_rest_load(db, tmp_path, sql):
+    hostile = {
+        101: student(101, last_name="Nul\x00l"),
+        102: student(102, first_name="Half \ud83d"),
+        103: student(103, updated_at="2026-02-30T10:00:00Z"),
+        104: student(104, updated_at="2025-06-01T10:00:00+99:00"),
+        105: student(105, updated_at="0000-01-01T00:00:00Z"),
+        106: student(106, updated_at="2025-06-01T25:00:00Z"),
+        107: student(107, wallet=float("nan")),
+    }
+    fine = [student(1, first_name="Zoé 😀"), student(2), student(3, updated_at="2024-02-29T23:59:59.123+14:00")]
+
+    staged = stage_run(db, tmp_path, "run_h", [*fine, *hostile.values()])
+    written = load.upsert(db, "users", run_id="run_h")
+
+    assert (staged["received"], staged["staged"], staged["quarantined"]) == (10, 3, 7)
+    assert written["inserted"] == 3
+    assert sql("SELECT first_name FROM intra42.users WHERE id = 1") == [("Zoé 😀",)]
+    reasons = dict(sql("SELECT coalesce(record->>'id', substring(record #>> '{}' FROM '\"id\":(\\d+)'))::int, "
+                       "reason FROM intra42.quarantine"))
+    assert set(reasons) == set(hostile)
+    assert "unsupported Unicode escape sequence" in reasons[101]
+    assert "surrogate" in reasons[102]
+    assert reasons[103] == "updated_at: no such date"
+    assert reasons[104] == "updated_at: UTC offset out of range"
+    assert reasons[105] == "updated_at: no such date"
+    assert reasons[106] == "updated_at: no such time of day"
+    assert reasons[107].startswith("not storable as JSON")
+
+    # A full refresh does not mark them deleted: the source still has them.
+    sql("INSERT INTO intra42.users (id, login, email, updated_at) SELECT id, 'x', 'x', now() "
+        "FROM unnest(ARRAY[101, 102, 103]) AS id")
+    full = load.upsert(db, "users", run_id="run_h", full_refresh=True, max_delete_share=1)
+    assert full["marked_deleted"] == 0
+
+
+def test_the_watermark_stops_at_the_runs_upper_bound(db, tmp_path):
+    records = [student(1, updated_at="2025-06-01T10:00:00Z"), student(2, updated_at="2099-01-01T00:00:00Z")]
+    stage_run(db, tmp_path, "run_f", records)
+
+    written = load.upsert(db, "users", run_id="run_f", watermark_upto="2026-01-01T00:00:00Z")
+
+    assert written["watermark"].isoformat() == "2025-06-01T10:00:00+00:00"
+    assert written["future_dated"] == 1
+    assert "watermark" not in load.upsert(db, "users", run_id="run_f", moves_watermark=False)
+
+
+def test_a_full_refresh_does_not_mark_what_another_run_wrote_after_its_fetch(db, tmp_path, sql):
+    import time
+
+    load_students(db, tmp_path, [student(i) for i in range(1, 11)])
+    fetch_started = time.time()
+    time.sleep(0.01)
+    stage_run(db, tmp_path, "other", [student(11)])
+    load.upsert(db, "users", run_id="other")  # written after the full run's fetch started
+    stage_run(db, tmp_path, "full", [student(i) for i in range(1, 11)])
+
+    written = load.upsert(db, "users", run_id="full", full_refresh=True, fetch_started=fetch_started)
+
+    assert written["marked_deleted"] == 0
+    assert sql("SELECT count(*) FROM intra42.users WHERE deleted_at IS NULL") == [(11,)]
+
+
+def test_a_suspicious_line_keeps_its_place_among_duplicates(db, tmp_path, sql):
+    stage_run(db, tmp_path, "run_1", [student(1, first_name="Old 😀", wallet=1), student(1, wallet=2),
+                                      student(2, wallet=1), student(2, first_name="New 😀", wallet=3)])
+    assert sql("SELECT id, wallet, first_name FROM intra42.users_delta ORDER BY id") == [
+        (1, 2, "Zoé"), (2, 3, "New 😀")]

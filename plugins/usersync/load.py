@@ -7,23 +7,32 @@ Per entity a sync provides, in include/sql/<sync>/:
                             returns inserted/updated/unchanged
   mark_deleted_<entity>.sql (full refresh only) marks rows the source no longer returns;
                             returns marked/active_before
-  watermark_<entity>.sql    (incremental syncs) the newest source timestamp the table now holds
+  watermark_<entity>.sql    (incremental syncs) the newest source timestamp the table now holds, at most
+                            %(upto)s (the run's upper bound) when given
   prune_<child>.sql         (optional, nested entities) removes the children the upserted parents no longer list
   summary_<entity>.sql      (optional) figures about the table after the write, for the report (read in the
                             same transaction, so a dry run shows what the table would hold)
+
+Runs of a sync may overlap (backfills, a manual run during a scheduled one) and share <entity>_raw and
+<entity>_delta. So stage and upsert each hold a per-entity lock for their transaction, stage records in the
+logged staged_deltas table which run's records the delta holds and how many, and upsert, finding the delta
+not its own or not complete (another run staged since; a Postgres crash empties unlogged tables), rebuilds it
+from its own staging files in its own transaction before writing.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from airflow.sdk import ObjectStoragePath
 from psycopg import sql
 
 from usersync.db import TargetDb
-from usersync.staging import iter_staged_bytes
+from usersync.staging import staged_pages
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +41,46 @@ log = logging.getLogger(__name__)
 COPY_RAW = "COPY {} (record) FROM STDIN WITH (FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')"
 # The landing table of every entity: one API record per row, in staged order. Unlogged: rebuilt every run.
 CREATE_RAW = "CREATE UNLOGGED TABLE IF NOT EXISTS {} (seq bigint GENERATED ALWAYS AS IDENTITY, record jsonb NOT NULL)"
+# The lines a pre-filter found suspicious, as text, with their place in <entity>_raw (which holds a JSON null
+# there meanwhile), until Postgres says whether they are storable as jsonb: COPY'd as "<seq>\x02<line>".
+CREATE_SUSPECT = "CREATE UNLOGGED TABLE IF NOT EXISTS {} (seq bigint NOT NULL, line text NOT NULL)"
+COPY_SUSPECT = "COPY {} (seq, line) FROM STDIN WITH (FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')"
+PLACEHOLDER = b"null"  # JSON, for COPY into jsonb
+# What can make a valid JSON line unstorable as jsonb (staged files are ASCII: every non-ASCII character is a
+# \u escape): \u0000, a surrogate (paired ones are fine, lone ones are not), NaN/Infinity. False alarms (an
+# emoji's surrogate pair, "NaN" in a name) only cost a guarded cast.
+SUSPECT = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])|NaN|Infinity")
+# Suspicious lines: the storable ones take their place in <entity>_raw, the others leave it for quarantine with
+# Postgres' reason (the line kept as a JSON string, verbatim).
+SORT_SUSPECTS = """
+WITH judged AS MATERIALIZED (SELECT seq, line, json_refusal(line) AS reason FROM {suspect}),
+refused AS (
+    INSERT INTO quarantine (run_id, entity, reason, record)
+    SELECT %(run_id)s, %(entity)s, reason, to_jsonb(line) FROM judged WHERE reason IS NOT NULL
+    RETURNING 1
+),
+dropped AS (DELETE FROM {raw} r USING judged j WHERE r.seq = j.seq AND j.reason IS NOT NULL RETURNING 1),
+parsed AS (
+    UPDATE {raw} r SET record = j.line::jsonb FROM judged j WHERE r.seq = j.seq AND j.reason IS NULL RETURNING 1
+)
+SELECT (SELECT count(*) FROM refused) AS refused
+"""
+# One lock per schema and entity, held by a stage or upsert transaction.
+LOCK = "SELECT pg_advisory_xact_lock(hashtext('usersync:' || current_schema() || '.' || %s))"
+# The schema's own objects load needs (include/sql/common/<name>.sql, with what says it exists), created once,
+# one creator at a time (concurrent CREATE ... IF NOT EXISTS collide). timestamp_problem() is for stage SQL.
+BOOKKEEPING = {"create_staged_deltas": "to_regclass('staged_deltas')",
+               "create_json_refusal": "to_regprocedure('json_refusal(text)')",
+               "create_timestamp_problem": "to_regprocedure('timestamp_problem(text)')"}
+RETENTION = "3 days"  # staged_deltas rows of older runs are dropped (their staging files are gone by then)
 
 
 class DeletionGuardError(Exception):
     """A full refresh would mark too many rows deleted: most likely a truncated API answer."""
+
+
+class DeltaNotStagedError(Exception):
+    """upsert without a stage of the same run and entity."""
 
 
 def stage(
@@ -46,16 +91,112 @@ def stage(
     <entity>_delta (and the deltas of `children`, records nested in the entity's), in one transaction."""
     if isinstance(prefixes, str | ObjectStoragePath):
         prefixes = [prefixes]
-    raw = sql.Identifier(f"{entity}_raw")
-    deltas = [sql.Identifier(f"{name}_delta") for name in (entity, *children)]
+    prefixes = [str(p) for p in prefixes]
+    _create_bookkeeping(db)
     with db.transaction() as cur:
-        cur.execute(sql.SQL(CREATE_RAW).format(raw))
-        cur.execute(sql.SQL("TRUNCATE {} RESTART IDENTITY").format(sql.SQL(", ").join([raw, *deltas])))
-        with cur.copy(sql.SQL(COPY_RAW).format(raw)) as copy:
-            for chunk in iter_staged_bytes([ObjectStoragePath(str(p)) for p in prefixes]):
-                copy.write(chunk)
-        counts = db.run(cur, f"stage_{entity}", {"run_id": run_id, "entity": entity})
+        cur.execute(LOCK, (entity,))
+        counts = _stage(db, cur, entity, prefixes, run_id, children)
+        cur.execute(
+            "DELETE FROM staged_deltas WHERE (entity = %(entity)s AND run_id = %(run_id)s) "
+            f"OR staged_at < now() - interval '{RETENTION}'",
+            {"entity": entity, "run_id": run_id})
+        cur.execute(
+            "INSERT INTO staged_deltas (entity, run_id, prefixes, children, row_counts) VALUES (%s, %s, %s, %s, %s)",
+            (entity, run_id, prefixes, list(children), json.dumps(_delta_rows(cur, entity, children))))
     log.info("staged %s: %s", entity, counts)
+    return counts
+
+
+def _create_bookkeeping(db: TargetDb) -> None:
+    with db.transaction() as cur:
+        cur.execute("SELECT " + " OR ".join(f"{exists} IS NULL" for exists in BOOKKEEPING.values()))
+        if cur.fetchone()[0]:
+            cur.execute(LOCK, ("(bookkeeping)",))
+            for name in BOOKKEEPING:
+                db.run(cur, name)
+
+
+def _stage(db: TargetDb, cur: Any, entity: str, prefixes: Sequence[str], run_id: str,
+           children: Sequence[str]) -> dict[str, Any]:
+    """Empty the entity's raw and delta tables and fill them with this run's staged records."""
+    raw, suspect = sql.Identifier(f"{entity}_raw"), sql.Identifier(f"{entity}_suspect")
+    deltas = [sql.Identifier(f"{name}_delta") for name in (entity, *children)]
+    params = {"run_id": run_id, "entity": entity}
+    cur.execute("DELETE FROM quarantine WHERE run_id = %(run_id)s AND entity = %(entity)s", params)  # a retry
+    cur.execute(sql.SQL(CREATE_RAW).format(raw))
+    cur.execute(sql.SQL(CREATE_SUSPECT).format(suspect))
+    cur.execute(sql.SQL("TRUNCATE {} RESTART IDENTITY").format(sql.SQL(", ").join([raw, suspect, *deltas])))
+    suspects: list[bytes] = []
+    with cur.copy(sql.SQL(COPY_RAW).format(raw)) as copy:
+        for chunk in _staged_lines([ObjectStoragePath(p) for p in prefixes], suspects):
+            copy.write(chunk)
+    refused = 0
+    if suspects:
+        with cur.copy(sql.SQL(COPY_SUSPECT).format(suspect)) as copy:
+            copy.write(b"".join(suspects))
+        refused = _sort_suspects(cur, raw, suspect, params)
+    counts = db.run(cur, f"stage_{entity}", params)
+    for key in ("received", "quarantined"):  # the refused lines never reached the stage statement
+        if key in counts:
+            counts[key] += refused
+    return counts
+
+
+def _sort_suspects(cur: Any, raw: sql.Identifier, suspect: sql.Identifier, params: dict[str, Any]) -> int:
+    cur.execute(sql.SQL(SORT_SUSPECTS).format(raw=raw, suspect=suspect), params)
+    return cur.fetchone()[0]
+
+
+def _staged_lines(prefixes: Sequence[ObjectStoragePath], suspects: list[bytes]) -> Iterator[bytes]:
+    """Every staged line, prefix after prefix, page after page (one page in memory at a time), as COPY reads them;
+    a suspicious line is replaced by a JSON null and set aside in `suspects` as "<its seq>\\x02<line>"."""
+    seq = 0  # <entity>_raw numbers its rows from 1 in this order
+    for prefix in prefixes:
+        for page in staged_pages(prefix):
+            data = page.read_bytes()
+            if data and not data.endswith(b"\n"):
+                data += b"\n"
+            if SUSPECT.search(data) is None:
+                seq += data.count(b"\n")
+                yield data
+                continue
+            lines = data.split(b"\n")[:-1]
+            for i, line in enumerate(lines, seq + 1):
+                if SUSPECT.search(line):
+                    suspects.append(b"%d\x02%b\n" % (i, line))
+                    lines[i - seq - 1] = PLACEHOLDER
+            seq += len(lines)
+            yield b"\n".join(lines) + b"\n"
+
+
+def _delta_rows(cur: Any, entity: str, children: Sequence[str]) -> dict[str, int]:
+    names = [f"{name}_delta" for name in (entity, *children)]
+    cur.execute(sql.SQL("SELECT {}").format(sql.SQL(", ").join(
+        sql.SQL("(SELECT count(*) FROM {})").format(sql.Identifier(n)) for n in names)))
+    return dict(zip(names, cur.fetchone(), strict=True))
+
+
+def _own_delta(db: TargetDb, cur: Any, entity: str, run_id: str) -> dict[str, Any] | None:
+    """Make sure <entity>_delta holds what this run's stage produced; rebuild it if not. Returns the rebuilt
+    delta's stage counts (None when it was intact). Under the entity's lock."""
+    cur.execute("SELECT run_id, prefixes, children, row_counts FROM staged_deltas WHERE entity = %s "
+                "ORDER BY (run_id = %s) DESC, id DESC", (entity, run_id))
+    rows = cur.fetchall()
+    if not rows or rows[0][0] != run_id:
+        raise DeltaNotStagedError(f"{entity}: run {run_id} staged nothing to write (stage before upsert)")
+    _, prefixes, children, row_counts = rows[0]
+    cur.execute("SELECT run_id FROM staged_deltas WHERE entity = %s ORDER BY id DESC LIMIT 1", (entity,))
+    holder = cur.fetchone()[0]
+    if holder == run_id and _delta_rows(cur, entity, children) == row_counts:
+        return None
+    why = f"run {holder} staged since" if holder != run_id else "its rows were lost (a database restart?)"
+    log.warning("%s_delta no longer holds what this run staged (%s): staging it again", entity, why)
+    counts = _stage(db, cur, entity, prefixes, run_id, children)
+    if _delta_rows(cur, entity, children) != row_counts:
+        raise RuntimeError(f"{entity}: staging run {run_id} again gave other row counts than its stage "
+                           f"({row_counts}): its staging files changed?")
+    cur.execute("UPDATE staged_deltas SET id = DEFAULT, staged_at = clock_timestamp() "
+                "WHERE entity = %s AND run_id = %s", (entity, run_id))
     return counts
 
 
@@ -69,14 +210,23 @@ def upsert(
     dry_run: bool = False,
     children: Sequence[str] = (),
     scope: dict[str, Any] | None = None,
+    fetch_started: float | None = None,
+    moves_watermark: bool = True,
+    watermark_upto: Any = None,
 ) -> dict[str, Any]:
     """Apply <entity>_delta to <entity>, then each child's delta to its table (their figures prefixed with
-    the child's name), in one transaction (rolled back on a dry run or any failure).
+    the child's name), in one transaction (rolled back on a dry run or any failure). The delta is first
+    checked to be this run's own, complete (rebuilt from this run's staging files if not).
 
     `full_refresh`: the delta holds everything the source has (within `scope`, e.g. a date window, passed to
-    mark_deleted_<entity>.sql), so the rows it lacks are marked deleted, or removed, per that statement.
+    mark_deleted_<entity>.sql), so the rows it lacks are marked deleted, or removed, per that statement;
+    `fetch_started` (epoch seconds; passed to it too): rows written since, by another run, are not marked.
+    `moves_watermark`: report the watermark (only runs that read everything since the last one may);
+    `watermark_upto`: the run's upper bound, above which a source timestamp is not trusted as a watermark.
     """
     with db.transaction() as cur:
+        cur.execute(LOCK, (entity,))
+        restaged = _own_delta(db, cur, entity, run_id)
         counts = _upsert_one(db, cur, entity)
         for child in children:
             written = _upsert_one(db, cur, child)
@@ -85,7 +235,8 @@ def upsert(
             counts.update({f"{child}_{k}": v for k, v in written.items()})
         counts["marked_deleted"] = 0
         if full_refresh:
-            marked = db.run(cur, f"mark_deleted_{entity}", {"run_id": run_id, "entity": entity, **(scope or {})})
+            marked = db.run(cur, f"mark_deleted_{entity}", {"run_id": run_id, "entity": entity,
+                                                             "fetch_started": fetch_started, **(scope or {})})
             share = marked["marked"] / max(marked["active_before"], 1)
             if share > max_delete_share:
                 raise DeletionGuardError(
@@ -95,8 +246,10 @@ def upsert(
                     f"max_delete_share."
                 )
             counts["marked_deleted"] = marked["marked"]
-        if db.has_sql(f"watermark_{entity}"):
-            counts["watermark"] = db.run(cur, f"watermark_{entity}")["watermark"]
+        if moves_watermark and db.has_sql(f"watermark_{entity}"):
+            counts.update(db.run(cur, f"watermark_{entity}", {"upto": watermark_upto}))
+        if restaged is not None:
+            counts["restaged"] = restaged.get("staged", True)
         if db.has_sql(f"summary_{entity}"):
             counts.update(db.run(cur, f"summary_{entity}"))
         if dry_run:

@@ -2,8 +2,10 @@
 
 Each run stages under its own prefix: <root>/<dag_id>/<run_id>/<stream>/
   page-000001.ndjson ...  one file per API page, one JSON record per line
-  _progress.json          pages written so far and where to resume (rewritten after every page)
+  _progress.json          pages written so far and where to resume (replaced after every page)
   _manifest.json          written once the last page is staged: the fetch's metadata
+The JSON files are replaced whole (write then rename), so a killed task leaves a readable state.
+A run removes its own folder when it finishes, and folders untouched for RETENTION_DAYS (runs that failed).
 The root is USERSYNC_STAGING_URL (an ObjectStoragePath URL: file:///..., s3://conn_id@bucket/...),
 by default a local folder under AIRFLOW_HOME. A retried task resumes after the last staged page.
 Files hold only what the API returned for records: never tokens or credentials.
@@ -17,6 +19,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -29,6 +32,7 @@ from usersync.api import ApiClient, ApiError
 log = logging.getLogger(__name__)
 
 PAGE_GLOB = "page-*.ndjson"
+RETENTION_DAYS = 3  # staging a run left behind (it failed for good) is removed after that
 
 
 @dataclass
@@ -59,7 +63,22 @@ def read_json(path: ObjectStoragePath) -> Any:
 
 
 def write_json(path: ObjectStoragePath, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, default=str))
+    """Replace the file whole: a task killed while writing leaves the previous version, never a torn one.
+
+    Locally: write a temporary file, then rename it (atomic on one file system). Object stores write an object
+    whole anyway (a PUT replaces it at once, and their rename is a copy), so there it is one write.
+    """
+    text = json.dumps(data, indent=2, default=str)
+    if path.protocol not in ("file", "local"):
+        path.write_text(text)
+        return
+    temporary = path.parent / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    try:
+        temporary.write_text(text)
+        temporary.replace(path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
 
 
 def fetch_to_staging(
@@ -143,7 +162,9 @@ def _finish(prefix: ObjectStoragePath, started_epoch: float, pages: int, records
 def write_ndjson(path: ObjectStoragePath, records: Iterable[Any]) -> None:
     with path.open("w", encoding="utf-8") as out:
         for record in records:
-            out.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")))
+            # ASCII: any character a record holds, lone UTF-16 surrogates included, is written as a JSON escape,
+            # so the file is valid UTF-8 whatever the API sent and Postgres judges each record on its own.
+            out.write(json.dumps(record, separators=(",", ":")))
             out.write("\n")
 
 
@@ -181,11 +202,27 @@ def iter_staged_bytes(prefixes: Sequence[ObjectStoragePath], chunk_size: int = 1
                     yield chunk
 
 
-def remove_other_runs(dag_id: str, keep_run_id: str) -> None:
-    """Keep only this run's staging for the DAG: older runs' pages are already loaded (or abandoned)."""
-    keep = run_dir(dag_id, keep_run_id)
-    if not keep.parent.exists():
+def clean_up(dag_id: str, run_id: str, keep_days: float = RETENTION_DAYS) -> None:
+    """Remove this (finished) run's staging, and any run's untouched for `keep_days` (abandoned): never the files of
+    a run still going, which may run alongside (backfills, a manual run during a scheduled one)."""
+    mine = run_dir(dag_id, run_id)
+    if not mine.parent.exists():
         return
-    for other in keep.parent.iterdir():
-        if other.name != keep.name:
-            other.rmdir(recursive=True)
+    cutoff = time.time() - keep_days * 86400
+    for folder in mine.parent.iterdir():
+        if folder.name == mine.name or not _touched_since(folder, cutoff):
+            folder.rmdir(recursive=True)
+
+
+remove_other_runs = clean_up  # the name the DAGs used to call it by
+
+
+def _touched_since(folder: ObjectStoragePath, cutoff: float) -> bool:
+    """Whether the folder or anything in it was written after `cutoff` (epoch seconds)."""
+    for path in (folder, *folder.rglob("*")):
+        try:
+            if path.stat().st_mtime > cutoff:
+                return True
+        except (OSError, KeyError, AttributeError):  # removed meanwhile; an object store's folder has no time
+            continue
+    return False

@@ -40,8 +40,9 @@ WITH checked AS (
                 OR coalesce(jsonb_typeof(record->'correction_point'), 'null') NOT IN ('number', 'null')
                 THEN 'correction_point: not an integer'
             WHEN jsonb_typeof(record->'updated_at') IS DISTINCT FROM 'string'
-                OR record->>'updated_at' !~ '^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}(:?\d{2})?)$'
                 THEN 'updated_at: missing or not an ISO 8601 timestamp'
+            WHEN timestamp_problem(record->>'updated_at') IS NOT NULL  -- then the cast below cannot fail
+                THEN 'updated_at: ' || timestamp_problem(record->>'updated_at')
         END AS reason
         FROM users_raw
         OFFSET 0

@@ -1,10 +1,12 @@
--- users_delta -> users: insert new students, update those whose values differ, touch nothing else.
+-- users_delta -> users: insert new students, update those whose values differ, touch nothing else. A record
+-- older than the stored one (a run that fetched before another wrote) never replaces it: it counts as stale.
 WITH changed AS (
     SELECT d.*
     FROM users_delta d
     LEFT JOIN users u ON u.id = d.id
     WHERE u.id IS NULL
-       OR (u.login, u.email, u.first_name, u.last_name, u.pool_month, u.pool_year, u.location, u.wallet,
+       OR d.updated_at >= u.updated_at
+      AND (u.login, u.email, u.first_name, u.last_name, u.pool_month, u.pool_year, u.location, u.wallet,
            u.correction_point, u.updated_at, u.deleted_at)
           IS DISTINCT FROM
           (d.login, d.email, d.first_name, d.last_name, d.pool_month, d.pool_year, d.location, d.wallet,
@@ -25,5 +27,7 @@ written AS (
 )
 SELECT count(*) FILTER (WHERE inserted) AS inserted,
        count(*) FILTER (WHERE NOT inserted) AS updated,
-       (SELECT count(*) FROM users_delta) - count(*) AS unchanged
+       (SELECT count(*) FROM users_delta) - count(*) - (SELECT count(*) FROM users_delta d JOIN users u USING (id)
+                                                        WHERE d.updated_at < u.updated_at) AS unchanged,
+       (SELECT count(*) FROM users_delta d JOIN users u USING (id) WHERE d.updated_at < u.updated_at) AS stale
 FROM written
