@@ -257,8 +257,6 @@ def test_a_backfill_runs_10_intervals_at_once_on_both_workers(deployment, backfi
     assert all(tasks_received(processes).values()), tasks_received(processes)  # both workers took tasks
 
 
-# Issue 9, item 1: concurrent runs share <entity>_raw/_delta and one run's cleanup deletes another's staging.
-# The fix lands with the load/staging work; flip this to a plain test once it is merged.
-@pytest.mark.xfail(strict=False, reason="concurrent runs overwrite each other's staging (issue 9 item 1)")
+# Issue 9, item 1: concurrent runs once shared <entity>_raw/_delta and one run's cleanup deleted another's staging.
 def test_a_backfill_of_10_concurrent_intervals_ends_with_the_exact_table(backfilled, students, sql):
     assert actual_table(sql) == expected_table(students)
