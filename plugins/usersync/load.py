@@ -40,10 +40,11 @@ class DeletionGuardError(Exception):
 
 def stage(
     db: TargetDb, entity: str, prefixes: str | ObjectStoragePath | Sequence[str], run_id: str,
-    children: Sequence[str] = (),
+    children: Sequence[str] = (), params: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """COPY the records staged under one or more prefixes into <entity>_raw, then project them into
-    <entity>_delta (and the deltas of `children`, records nested in the entity's), in one transaction."""
+    <entity>_delta (and the deltas of `children`, records nested in the entity's), in one transaction.
+    `params` go to stage_<entity>.sql with run_id and entity (e.g. a window, a time zone)."""
     if isinstance(prefixes, str | ObjectStoragePath):
         prefixes = [prefixes]
     raw = sql.Identifier(f"{entity}_raw")
@@ -54,7 +55,7 @@ def stage(
         with cur.copy(sql.SQL(COPY_RAW).format(raw)) as copy:
             for chunk in iter_staged_bytes([ObjectStoragePath(str(p)) for p in prefixes]):
                 copy.write(chunk)
-        counts = db.run(cur, f"stage_{entity}", {"run_id": run_id, "entity": entity})
+        counts = db.run(cur, f"stage_{entity}", {**(params or {}), "run_id": run_id, "entity": entity})
     log.info("staged %s: %s", entity, counts)
     return counts
 
