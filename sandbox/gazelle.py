@@ -1195,7 +1195,9 @@ def create_app(
                 SCHEMA, document, variable_values=variables, operation_name=operation_name, context_value=data
             )
         response: dict[str, object] = {}
-        if result.data is not None:  # None: the request failed before execution (e.g. bad variables)
+        # No data: the request failed before execution (e.g. bad variables); null data: a non-null root field
+        # failed (the error has a path).
+        if result.data is not None or any(e.path for e in result.errors or ()):
             response["data"] = result.data
         if result.errors:
             response["errors"] = [e.formatted for e in result.errors]
