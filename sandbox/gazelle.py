@@ -1,15 +1,16 @@
 """Sandbox of Gazelle's GraphQL "private API" (spec: /work/shared/specs/gazelle.md).
 
-Gazelle (gazelleapp.io, piano-technician software) does not publish its schema: this sandbox follows the usage
-observed in Gazelle's OAuth demos and in one third-party integration (type, field and argument names), **not**
-Gazelle's schema. What is guessed is listed in sandbox/README.md (timeline date filter names, ``allUsers``,
-cursor semantics, the 100 page-size maximum, enum values...).
+The schema is Gazelle's real one: ``gazelle_schema.graphql`` is a verbatim copy of the SDL rebuilt from an
+introspection dump of the private API (/work/shared/specs/gazelle/schema.graphql). Every request is validated
+against all of it, so a query the real API would reject fails here too; resolvers are attached only to the fields
+the sandbox simulates, and valid arguments it does not simulate (most filters, some sort values) are refused with
+an error rather than ignored. What is still guessed (cursor semantics, the 100 page-size maximum, the zone of
+event date filters...) is listed in sandbox/README.md.
 
-``GazelleData`` is the deterministic account (technicians, clients with contacts, pianos, calendar events,
-timeline entries) centred on an anchor date; ``create_app`` serves it the way gazelleapp.io does:
-``POST /graphql/private/`` (graphql-core executes the SDL ``SDL`` below, so invalid queries fail like on a real
-GraphQL server), Doorkeeper-style OAuth2 (authorization code + rotating refresh tokens) under
-``/developer/oauth/...``, or an account API key in ``x-gazelle-api-key``.
+``GazelleData`` is the deterministic account (technicians, clients with contacts, pianos, calendar events planned
+in the account's time zone, timeline entries) centred on an anchor date; ``create_app`` serves it the way
+gazelleapp.io does: ``POST /graphql/private/`` (graphql-core), Doorkeeper-style OAuth2 (authorization code +
+rotating refresh tokens) under ``/developer/oauth/...``, or an account API key in ``x-gazelle-api-key``.
 """
 
 from __future__ import annotations
