@@ -257,6 +257,17 @@ def test_contacts_a_client_no_longer_lists_are_removed(gazelle, sql):
     assert report["clients"]["contacts_removed"] == 1 and "con_gone" not in ids(sql, "contacts")
 
 
+def test_a_client_with_more_contacts_than_the_query_reads_is_quarantined_with_the_reason(gazelle, sql):
+    client = gazelle.data.get("clients", gazelle.data.clients()[0]["id"])
+    client["contacts"] = [dict(client["contacts"][0], id=f"con_extra_{n}") for n in range(51)]  # first: 50
+
+    report = sync({"entities": ["clients"]})
+    assert report["clients"]["quarantined"] == 1 and client["id"] not in ids(sql, "clients")
+    reason = sql(f"SELECT reason FROM {SCHEMA}.quarantine WHERE record->>'id' = %s", (client["id"],))
+    assert reason == [("allContacts: more contacts than the query asks for; raise allContacts(first:) in "
+                       "clients.graphql",)]
+
+
 def test_scheduled_runs_in_working_hours_refresh_the_appointments_only(gazelle, sql):
     from types import SimpleNamespace
 

@@ -27,15 +27,20 @@ TIMELINE_DAYS = 30
 def appointment_days(moment: datetime, zone: ZoneInfo, days_back: int, days_ahead: int) -> dict[str, str]:
     """The account-local days [today - days_back, today + days_ahead] of `moment`, and the zone they are in."""
     today = moment.astimezone(zone).date()
-    return {"startOn": (today - timedelta(days=days_back)).isoformat(),
-            "endOn": (today + timedelta(days=days_ahead)).isoformat(), "timezone": zone.key}
+    return {
+        "startOn": (today - timedelta(days=days_back)).isoformat(),
+        "endOn": (today + timedelta(days=days_ahead)).isoformat(),
+        "timezone": zone.key,
+    }
 
 
 def _one_more_day(window: dict[str, str]) -> dict[str, str]:
     """The schema does not say in which zone startOn/endOn are read: ask a day more on each side (the stage
     keeps the window's local days)."""
-    return {"startOn": (date.fromisoformat(window["startOn"]) - timedelta(days=1)).isoformat(),
-            "endOn": (date.fromisoformat(window["endOn"]) + timedelta(days=1)).isoformat()}
+    return {
+        "startOn": (date.fromisoformat(window["startOn"]) - timedelta(days=1)).isoformat(),
+        "endOn": (date.fromisoformat(window["endOn"]) + timedelta(days=1)).isoformat(),
+    }
 
 
 def timeline_window(moment: datetime, days: int = TIMELINE_DAYS) -> dict[str, str]:
@@ -48,7 +53,6 @@ class Stream:
     entity: str  # its table, staging stream and include/graphql/gazelle/<entity>.graphql
     root: str  # the query's root field
     plain_list: bool = False  # the root field is a plain list (one request), not a Relay connection
-    windowed: bool = False  # the run reads a window (given to stage and mark_deleted SQL as parameters)
     variables: Callable[[dict[str, str]], dict[str, str]] = lambda window: {}  # the query's, for a window
     children: tuple[str, ...] = ()  # entities nested in its records, loaded with it
 
@@ -57,9 +61,8 @@ STREAMS = {  # the `entities` param's choices
     "users": Stream("users", "allUsers", plain_list=True),
     "clients": Stream("clients", "allClients", children=("contacts",)),
     "pianos": Stream("pianos", "allPianos"),
-    "appointments": Stream("events", "allEventsBatched", windowed=True, variables=_one_more_day),
-    "timeline": Stream("timeline_entries", "allTimelineEntries", windowed=True,
-                       variables=lambda window: {"from": window["from"]}),
+    "appointments": Stream("events", "allEventsBatched", variables=_one_more_day),
+    "timeline": Stream("timeline_entries", "allTimelineEntries", variables=lambda window: {"from": window["from"]}),
 }
 
 
