@@ -1,15 +1,16 @@
 """Sandbox of Gazelle's GraphQL "private API" (spec: /work/shared/specs/gazelle.md).
 
-Gazelle (gazelleapp.io, piano-technician software) does not publish its schema: this sandbox follows the usage
-observed in Gazelle's OAuth demos and in one third-party integration (type, field and argument names), **not**
-Gazelle's schema. What is guessed is listed in sandbox/README.md (timeline date filter names, ``allUsers``,
-cursor semantics, the 100 page-size maximum, enum values...).
+The schema is Gazelle's real one: ``gazelle_schema.graphql`` is a verbatim copy of the SDL rebuilt from an
+introspection dump of the private API (/work/shared/specs/gazelle/schema.graphql). Every request is validated
+against all of it, so a query the real API would reject fails here too; resolvers are attached only to the fields
+the sandbox simulates, and valid arguments it does not simulate (most filters, some sort values) are refused with
+an error rather than ignored. What is still guessed (cursor semantics, the 100 page-size maximum, the zone of
+event date filters...) is listed in sandbox/README.md.
 
-``GazelleData`` is the deterministic account (technicians, clients with contacts, pianos, calendar events,
-timeline entries) centred on an anchor date; ``create_app`` serves it the way gazelleapp.io does:
-``POST /graphql/private/`` (graphql-core executes the SDL ``SDL`` below, so invalid queries fail like on a real
-GraphQL server), Doorkeeper-style OAuth2 (authorization code + rotating refresh tokens) under
-``/developer/oauth/...``, or an account API key in ``x-gazelle-api-key``.
+``GazelleData`` is the deterministic account (technicians, clients with contacts, pianos, calendar events planned
+in the account's time zone, timeline entries) centred on an anchor date; ``create_app`` serves it the way
+gazelleapp.io does: ``POST /graphql/private/`` (graphql-core), Doorkeeper-style OAuth2 (authorization code +
+rotating refresh tokens) under ``/developer/oauth/...``, or an account API key in ``x-gazelle-api-key``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
 
 from fastapi import FastAPI, Request
 from graphql import (
@@ -62,181 +65,17 @@ CODE_TTL = 600  # seconds an authorization code stays usable (Doorkeeper's defau
 
 # ---------------------------------------------------------------------------------------------- schema
 
-SDL = '''
-"""ISO 8601 date, e.g. "2026-11-20"."""
-scalar CoreDate
-
-"""ISO 8601 date-time in UTC, e.g. "2026-11-20T14:30:00Z" (inputs may carry an offset)."""
-scalar CoreDateTime
-
-type Query {
-  allUsers(first: Int, after: String, sortBy: [UserSort!]): PrivateUserConnection
-  allClients(first: Int, after: String, sortBy: [ClientSort!]): PrivateClientConnection
-  allPianos(first: Int, after: String, sortBy: [PianoSort!]): PrivatePianoConnection
-  allEventsBatched(
-    first: Int, after: String, filters: PrivateAllEventsFilter, sortBy: [EventSort!]
-  ): PrivateEventConnection
-  allTimelineEntries(
-    first: Int
-    after: String
-    occurredAtGte: CoreDateTime
-    occurredAtLte: CoreDateTime
-    clientId: String
-    pianoId: String
-    types: [TimelineEntryType!]
-    sortBy: [TimelineEntrySort!]
-  ): PrivateTimelineEntryConnection
-  client(id: String!): PrivateClient
-  piano(id: String!): PrivatePiano
-}
-
-type PageInfo {
-  hasNextPage: Boolean!
-  hasPreviousPage: Boolean!
-  startCursor: String
-  endCursor: String
-}
-
-enum UserSort { ID_ASC ID_DESC CREATED_AT_ASC CREATED_AT_DESC UPDATED_AT_ASC UPDATED_AT_DESC }
-enum ClientSort { ID_ASC ID_DESC CREATED_AT_ASC CREATED_AT_DESC UPDATED_AT_ASC UPDATED_AT_DESC }
-enum PianoSort { ID_ASC ID_DESC CREATED_AT_ASC CREATED_AT_DESC UPDATED_AT_ASC UPDATED_AT_DESC }
-enum EventSort {
-  ID_ASC ID_DESC START_ASC START_DESC CREATED_AT_ASC CREATED_AT_DESC UPDATED_AT_ASC UPDATED_AT_DESC
-}
-enum TimelineEntrySort { ID_ASC ID_DESC OCCURRED_AT_ASC OCCURRED_AT_DESC }
-enum EventType { APPOINTMENT PERSONAL MEMO SYNCED }
-enum TimelineEntryType {
-  APPOINTMENT SERVICE_ENTRY_MANUAL SERVICE_ENTRY_AUTOMATIC INVOICE ESTIMATE EMAIL SMS PHONE_CALL NOTE
-}
-
-type PrivateUser {
-  id: String!
-  firstName: String
-  lastName: String
-  email: String
-  status: String
-  createdAt: CoreDateTime!
-  updatedAt: CoreDateTime!
-}
-
-type PrivateEmail { email: String }
-type PrivatePhone { phoneNumber: String }
-type PrivateLocation {
-  street1: String
-  street2: String
-  municipality: String
-  postalCode: String
-  region: String
-}
-
-type PrivateContact {
-  id: String!
-  firstName: String
-  lastName: String
-  title: String
-  wantsEmail: Boolean!
-  wantsText: Boolean!
-  defaultEmail: PrivateEmail
-  defaultPhone: PrivatePhone
-  defaultLocation: PrivateLocation
-  createdAt: CoreDateTime!
-  updatedAt: CoreDateTime!
-}
-
-type PrivateClient {
-  id: String!
-  companyName: String
-  status: String
-  clientType: String
-  tags: [String!]!
-  preferredTechnicianId: String
-  personalNotes: String
-  createdAt: CoreDateTime!
-  updatedAt: CoreDateTime!
-  defaultContact: PrivateContact
-  contacts(first: Int, after: String): PrivateContactConnection
-  pianos(first: Int, after: String): PrivatePianoConnection
-}
-
-type PrivatePiano {
-  id: String!
-  client: PrivateClient
-  make: String
-  model: String
-  serialNumber: String
-  type: String
-  year: Int
-  status: String
-  location: String
-  notes: String
-  createdAt: CoreDateTime!
-  updatedAt: CoreDateTime!
-}
-
-type PrivateEventPiano { piano: PrivatePiano }
-
-type PrivateEvent {
-  id: String!
-  title: String
-  start: CoreDateTime!
-  "minutes"
-  duration: Int!
-  isAllDay: Boolean!
-  type: EventType!
-  status: String
-  notes: String
-  confirmedByClient: Boolean!
-  createdAt: CoreDateTime!
-  updatedAt: CoreDateTime!
-  client: PrivateClient
-  user: PrivateUser
-  allEventPianos(first: Int, after: String): PrivateEventPianoConnection
-}
-
-input PrivateAllEventsFilter {
-  "first day, inclusive, of the events' start date (UTC)"
-  startOn: CoreDate
-  "last day, inclusive, of the events' start date (UTC)"
-  endOn: CoreDate
-  type: [EventType!]
-  clientId: String
-}
-
-type PrivateTimelineEntry {
-  id: String!
-  occurredAt: CoreDateTime!
-  type: TimelineEntryType!
-  summary: String
-  comment: String
-  client: PrivateClient
-  piano: PrivatePiano
-  user: PrivateUser
-}
-'''
-
-
-def _connection_sdl(node: str) -> str:
-    return f"""
-type {node}Edge {{ cursor: String! node: {node} }}
-type {node}Connection {{
-  edges: [{node}Edge]
-  nodes: [{node}]
-  pageInfo: PageInfo!
-  totalCount: Int!
-}}
-"""
-
-
-SDL += "".join(
-    _connection_sdl(node)
-    for node in ("PrivateUser", "PrivateClient", "PrivateContact", "PrivatePiano", "PrivateEvent")
-    + ("PrivateEventPiano", "PrivateTimelineEntry")
-)
+# Gazelle's real schema: a verbatim copy of /work/shared/specs/gazelle/schema.graphql (SDL rebuilt from an
+# introspection dump of the private API). Every request is validated against all of it; resolvers are attached
+# only to the fields the sandbox simulates (the rest answer null, or an error when non-null).
+SDL_PATH = Path(__file__).with_name("gazelle_schema.graphql")
+SDL = SDL_PATH.read_text(encoding="utf-8")
 
 # Root field -> entity collection it lists (the per-root-field request counters use these names).
 ROOT_FIELDS = ("allUsers", "allClients", "allPianos", "allEventsBatched", "allTimelineEntries", "client", "piano")
 
-# sortBy enum value -> (record field, descending). Ties are always broken by id ascending.
+# sortBy enum value -> (record field, descending). Ties are always broken by id ascending. The API takes the
+# schema's CREATED_AT_* (clients, pianos) and START_* (events); the other keys serve the ground-truth accessors.
 SORTS = {
     "ID_ASC": ("id", False),
     "ID_DESC": ("id", True),
@@ -374,17 +213,20 @@ _MEMOS = ("Commander des cordes", "Rappel : facture en retard", "Inventaire des 
 _SYNCED = ("Google Agenda : réunion", "Google Agenda : répétition chorale", "Outlook : souper de famille")
 _EVENT_NOTES = ("Laisser la clé sous le paillasson", "Client absent, la voisine ouvre", "Apporter l'hygromètre",
                 "Stationnement payant 💰", "Concert le soir même — accord de précision")  # fmt: skip
-_TIMELINE = {
+_TIMELINE = {  # TimelineEntryType values of the schema
     "APPOINTMENT": ("Rendez-vous complété", "Rendez-vous annulé par le client", "Rendez-vous déplacé"),
     "SERVICE_ENTRY_MANUAL": ("Accord complet à 440 Hz", "Régulation de la mécanique", "Remplacement d'une corde"),
-    "SERVICE_ENTRY_AUTOMATIC": ("Rappel de service envoyé", "Prochain accord prévu dans 6 mois"),
+    "SERVICE_ENTRY_AUTOMATED": ("Rappel de service envoyé", "Prochain accord prévu dans 6 mois"),
     "INVOICE": ("Facture n° {n} payée", "Facture n° {n} envoyée", "Facture n° {n} en retard"),
     "ESTIMATE": ("Estimation n° {n} : remplacement des marteaux", "Estimation n° {n} acceptée ✅"),
-    "EMAIL": ("Courriel de rappel envoyé", "Courriel reçu : « Merci beaucoup ! »"),
-    "SMS": ("SMS de confirmation envoyé ✅", "SMS reçu : « Oui, 10 h me convient »"),
-    "PHONE_CALL": ("Appel : le client veut reporter", "Message laissé sur le répondeur"),
-    "NOTE": ("Note : piano déménagé au sous-sol", "Note : nouveau propriétaire"),
+    "CONTACT_EMAIL_MANUAL": ("Courriel de rappel envoyé", "Courriel reçu : « Merci beaucoup ! »"),
+    "CONTACT_SMS_MANUAL": ("SMS de confirmation envoyé ✅", "SMS reçu : « Oui, 10 h me convient »"),
+    "CONTACT_PHONE_MANUAL_TALKED": ("Appel : le client veut reporter", "Message laissé sur le répondeur"),
+    "USER_COMMENT": ("Note : piano déménagé au sous-sol", "Note : nouveau propriétaire", ""),
 }
+_PREFERENCES = ("Aime un accord légèrement brillant", "Toujours appeler la veille", "Préfère le technicien habituel",
+                "Pas le vendredi")  # fmt: skip
+_HUMIDISTATS = ("HC-3", "HC-5", "HC-6 Smart", None)
 _TIMELINE_COMMENTS = ("Très satisfaite", "À rappeler en mars", "Le client trouve le son trop brillant",
                       "Payé comptant", "Voir photo au dossier 📷")  # fmt: skip
 
@@ -417,7 +259,8 @@ class GazelleData:
 
     KINDS = ("users", "clients", "pianos", "events", "timeline")
 
-    def __init__(self, clients: int = 850, technicians: int = 5, seed: int = 0, anchor: date | None = None):
+    def __init__(self, clients: int = 850, technicians: int = 5, seed: int = 0, anchor: date | None = None,
+                 timezone: str = "America/Toronto"):
         if clients < 0:
             raise ValueError("clients must be >= 0")
         if technicians < 1:
@@ -425,6 +268,7 @@ class GazelleData:
         self.client_count = clients
         self.technician_count = technicians
         self.seed = seed
+        self.zone = ZoneInfo(timezone)  # the account's time zone: events are planned in it
         self.anchor = anchor if anchor is not None else datetime.now(UTC).date()
         self._anchor_s = _epoch(self.anchor)
         self._lock = threading.RLock()
@@ -531,6 +375,8 @@ class GazelleData:
                 "tags": rnd.sample(_TAGS, _weighted(rnd, (0.6, 0.25, 0.1, 0.05))),
                 "preferredTechnicianId": rnd.choice(user_ids) if rnd.random() < 0.5 else None,
                 "personalNotes": rnd.choice(_CLIENT_NOTES) if rnd.random() < 0.25 else None,
+                "preferenceNotes": rnd.choice(_PREFERENCES) if rnd.random() < 0.2 else None,
+                "localization": (None, {"locale": "fr_CA"}, {"locale": "en_CA"})[_weighted(rnd, (0.3, 0.6, 0.1))],
                 "createdAt": iso(created),
                 "updatedAt": iso(updated),
                 "defaultContact": contacts[0],
@@ -542,6 +388,7 @@ class GazelleData:
                 make, models, types = rnd.choice(_PIANOS)
                 m = rnd.randrange(len(models))
                 p_created, p_updated = self._stamps(rnd, created)
+                dampp = (None, False, True)[_weighted(rnd, (0.5, 0.3, 0.2))]
                 piano = {
                     "id": self._id("pno", len(pianos)),
                     "client": {"id": client["id"]},
@@ -557,6 +404,10 @@ class GazelleData:
                     "status": "INACTIVE" if rnd.random() < 0.08 else "ACTIVE",
                     "location": rnd.choice(_PIANO_LOCATIONS) if rnd.random() < 0.6 else None,
                     "notes": rnd.choice(_PIANO_NOTES) if rnd.random() < 0.3 else None,
+                    "damppChaserInstalled": dampp,
+                    "damppChaserHumidistatModel": rnd.choice(_HUMIDISTATS) if dampp else None,
+                    "damppChaserMfgDate": (date(rnd.randint(2005, 2025), rnd.randint(1, 12), 1).isoformat()
+                                           if dampp and rnd.random() < 0.7 else None),
                     "createdAt": iso(p_created),
                     "updatedAt": iso(p_updated),
                 }
@@ -568,7 +419,6 @@ class GazelleData:
         events = []
         for offset in range(-120, 31):
             day = self.anchor + timedelta(days=offset)
-            day_s = _epoch(day)
             weights = (0.85, 0.15, 0.0, 0.0) if day.weekday() == 6 else (0.3, 0.35, 0.23, 0.12)
             for user_id in user_ids:
                 for slot in range(_weighted(rnd, weights)):
@@ -576,7 +426,12 @@ class GazelleData:
                     if kind == 0 and not with_pianos:
                         kind = 1
                     all_day = kind == 2 and rnd.random() < 0.6
-                    start = day_s if all_day else day_s + (13 + 2 * slot) * 3600 + rnd.choice((0, 1800))
+                    # Planned in the account's zone: 8 h, 10 h, 12 h... local; some evenings (past midnight UTC).
+                    hour = 20 if slot and rnd.random() < 0.15 else 8 + 2 * slot
+                    local = datetime.combine(day, datetime.min.time(), self.zone)
+                    if not all_day:
+                        local = local.replace(hour=hour, minute=rnd.choice((0, 30)))
+                    start = int(local.timestamp())
                     client, event_pianos = None, []
                     if kind == 0:
                         client = rnd.choice(with_pianos)
@@ -621,16 +476,19 @@ class GazelleData:
             owned = pianos_of[client["id"]]
             for _ in range(_weighted(rnd, (0.2, 0.25, 0.2, 0.15, 0.1, 0.05, 0.05))):
                 kind = rnd.choice(types)
+                number = rnd.randint(1000, 99999)
                 timeline.append(
                     {
                         "id": self._id("tle", len(timeline)),
                         "occurredAt": iso(anchor - 400 * _DAY + rnd.randrange(400 * _DAY)),
                         "type": kind,
-                        "summary": rnd.choice(_TIMELINE[kind]).format(n=rnd.randint(1000, 99999)),
+                        "summary": rnd.choice(_TIMELINE[kind]).format(n=number) or None,
                         "comment": rnd.choice(_TIMELINE_COMMENTS) if rnd.random() < 0.3 else None,
                         "client": {"id": client["id"]},
                         "piano": {"id": rnd.choice(owned)} if owned and rnd.random() < 0.7 else None,
                         "user": {"id": rnd.choice(user_ids)} if rnd.random() < 0.55 else None,
+                        "invoice": {"id": self._id("inv", number)} if kind == "INVOICE" else None,
+                        "estimate": {"id": self._id("est", number)} if kind == "ESTIMATE" else None,
                     }
                 )
 
@@ -657,8 +515,9 @@ class GazelleData:
         """Stored records of ``kind`` matching ``filters``, sorted by the ``sortBy`` enum values (default id
         ascending; ties broken by id ascending). Cached until the data changes; do not modify the result.
 
-        Filters: events ``start_on``/``end_on`` (dates, inclusive, on the start's UTC date), ``types``,
-        ``client_id``; timeline ``gte``/``lte`` (datetimes, inclusive), ``client_id``, ``piano_id``, ``types``.
+        Filters: events ``start_on``/``end_on`` (dates, inclusive, on the start's date in the account's zone),
+        ``types``, ``client_ids``; timeline ``gte``/``lte`` (datetimes, inclusive), ``client_id``, ``piano_id``,
+        ``types``.
         """
         key = (kind, tuple(sort_by), tuple(sorted((k, _hashable(v)) for k, v in filters.items() if v is not None)))
         with self._lock:
@@ -669,7 +528,7 @@ class GazelleData:
             for name in reversed(sort_by):
                 field, descending = SORTS[name]
                 records.sort(key=lambda r, f=field: r[f], reverse=descending)  # stable: ties stay in id order
-            records = [r for r in records if _matches(kind, r, filters)]
+            records = [r for r in records if _matches(kind, r, filters, self.zone)]
             if len(self._cache) > 64:
                 self._cache.clear()
             self._cache[key] = records
@@ -687,7 +546,7 @@ class GazelleData:
         return self._copies("pianos", sort_by)
 
     def events(self, start_on: date | None = None, end_on: date | None = None, sort_by: str | None = None) -> list:
-        """Events whose start's UTC date is in [start_on, end_on] (inclusive; None = unbounded)."""
+        """Events whose start's date in the account's zone is in [start_on, end_on] (inclusive; None = unbounded)."""
         return self._copies("events", sort_by, start_on=start_on, end_on=end_on)
 
     def timeline(self, gte: datetime | None = None, lte: datetime | None = None, sort_by: str | None = None) -> list:
@@ -740,6 +599,13 @@ class GazelleData:
             self._cache.clear()
             return ids
 
+    def remove(self, kind: str, record_id: str) -> bool:
+        """Delete a record upstream (e.g. an appointment); True when it existed."""
+        with self._lock:
+            removed = self._records[kind].pop(record_id, None) is not None
+            self._cache.clear()
+            return removed
+
     def add_technician(self) -> dict:
         """Hire a technician now (createdAt = updatedAt = now) and return a copy of the new user."""
         with self._lock:
@@ -781,16 +647,18 @@ def _hashable(value: object) -> object:
     return tuple(value) if isinstance(value, list) else value
 
 
-def _matches(kind: str, record: dict, filters: dict) -> bool:
+def _matches(kind: str, record: dict, filters: dict, zone: ZoneInfo) -> bool:
     """Filters of ``GazelleData.query`` (None values are ignored)."""
     for name, value in filters.items():
         if value is None:
             continue
-        if name == "start_on" and record["start"][:10] < value.isoformat():
-            return False
-        if name == "end_on" and record["start"][:10] > value.isoformat():
-            return False
+        if name in ("start_on", "end_on"):
+            day = parse_datetime(record["start"]).astimezone(zone).date()
+            if day < value if name == "start_on" else day > value:
+                return False
         if name == "types" and record["type"] not in value:
+            return False
+        if name == "client_ids" and (record["client"] or {}).get("id") not in value:
             return False
         if name == "client_id" and (record["client"] or {}).get("id") != value:
             return False
@@ -857,29 +725,64 @@ def connection(records: list, first: int | None, after: str | None) -> dict:
     }
 
 
-def _sorting(sort_by: list[str] | None) -> tuple[str, ...]:
+SIMULATED_SORTS = {  # the schema's sortBy values the sandbox orders by
+    "allClients": ("CREATED_AT_ASC", "CREATED_AT_DESC"),
+    "allPianos": ("CREATED_AT_ASC", "CREATED_AT_DESC"),
+    "allEventsBatched": ("START_ASC", "START_DESC"),
+}
+
+
+def _sorting(field: str, sort_by: list[str] | None) -> tuple[str, ...]:
+    for name in sort_by or ():
+        if name not in SIMULATED_SORTS.get(field, ()):
+            raise GraphQLError(f"sandbox: sortBy {name} is valid but not simulated")
     return tuple(sort_by or ())
 
 
-def _list(kind: str, **filters: object):
+def _simulated(args: dict, names: tuple[str, ...] = ()) -> None:
+    """Refuse valid arguments the sandbox does not simulate (rather than silently ignoring them)."""
+    extra = sorted(name for name, value in args.items() if value is not None and name not in names)
+    if extra:
+        raise GraphQLError(f"sandbox: argument(s) {', '.join(extra)} are valid but not simulated")
+
+
+def _list(kind: str, field: str):
+    """A root connection without filters (allClients, allPianos)."""
+
     def resolve(_root, info, first=None, after=None, sortBy=None, **args):
-        values = {name: args.get(arg) for name, arg in filters.items()}
-        return connection(info.context.query(kind, _sorting(sortBy), **values), first, after)
+        _simulated(args)
+        return connection(info.context.query(kind, _sorting(field, sortBy)), first, after)
 
     return resolve
 
 
-def _events(_root, info, first=None, after=None, sortBy=None, filters=None):
-    filters = filters or {}
+def _events(_root, info, first=None, after=None, sortBy=None, filters=None, **args):
+    _simulated(args)
+    filters = dict(filters or {})
+    _simulated(filters, ("startOn", "endOn", "type", "clientId"))
     records = info.context.query(
         "events",
-        _sorting(sortBy),
+        _sorting("allEventsBatched", sortBy),
         start_on=filters.get("startOn"),
         end_on=filters.get("endOn"),
         types=filters.get("type"),
-        client_id=filters.get("clientId"),
+        client_ids=filters.get("clientId"),
     )
     return connection(records, first, after)
+
+
+def _timeline(_root, info, first=None, after=None, occurredAtGet=None, clientId=None, pianoId=None, types=None,
+              **args):
+    _simulated(args)
+    records = info.context.query("timeline", (), gte=occurredAtGet, client_id=clientId, piano_id=pianoId, types=types)
+    return connection(records, first, after)
+
+
+def _by_id(kind: str, alias: str):
+    def resolve(_root, info, id=None, **args):  # noqa: A002 (the schema's argument name)
+        return info.context.get(kind, id or args.get(alias))
+
+    return resolve
 
 
 def _ref(kind: str, field: str):
@@ -915,7 +818,8 @@ def _serialize_date(value: object) -> str:
 
 
 def build_gazelle_schema():
-    """The executable schema: ``SDL`` plus resolvers reading a ``GazelleData`` passed as the context value."""
+    """The executable schema: the real ``SDL`` plus resolvers, reading a ``GazelleData`` passed as the context
+    value, on the fields the sandbox simulates (any other field resolves from the record dict: null if absent)."""
     schema = build_schema(SDL)
     types = schema.type_map
     for name, output, parser in (
@@ -929,30 +833,25 @@ def build_gazelle_schema():
         scalar.coerce_input_literal = scalar.parse_literal = _parse_literal(parser)
 
     query = schema.query_type.fields
-    query["allUsers"].resolve = _list("users")
-    query["allClients"].resolve = _list("clients")
-    query["allPianos"].resolve = _list("pianos")
+    query["allUsers"].resolve = lambda _root, info: info.context.query("users")
+    query["allClients"].resolve = _list("clients", "allClients")
+    query["allPianos"].resolve = _list("pianos", "allPianos")
     query["allEventsBatched"].resolve = _events
-    query["allTimelineEntries"].resolve = _list(
-        "timeline", gte="occurredAtGte", lte="occurredAtLte", client_id="clientId", piano_id="pianoId", types="types"
-    )
-    query["client"].resolve = lambda _root, info, id: info.context.get("clients", id)
-    query["piano"].resolve = lambda _root, info, id: info.context.get("pianos", id)
+    query["allTimelineEntries"].resolve = _timeline
+    query["client"].resolve = _by_id("clients", "clientId")
+    query["piano"].resolve = _by_id("pianos", "pianoId")
 
     client = types["PrivateClient"].fields
-    client["contacts"].resolve = lambda parent, _info, first=None, after=None: connection(
-        parent["contacts"], first, after
-    )
-    client["pianos"].resolve = lambda parent, info, first=None, after=None: connection(
-        info.context.pianos_of(parent["id"]), first, after
-    )
+    client["allContacts"].resolve = lambda parent, _info, first=None, after=None, **args: _simulated(
+        args) or connection(parent["contacts"], first, after)
+    client["allPianos"].resolve = lambda parent, info, first=None, after=None, **args: _simulated(
+        args) or connection(info.context.pianos_of(parent["id"]), first, after)
     types["PrivatePiano"].fields["client"].resolve = _ref("clients", "client")
     event = types["PrivateEvent"].fields
     event["client"].resolve = _ref("clients", "client")
     event["user"].resolve = _ref("users", "user")
-    event["allEventPianos"].resolve = lambda parent, _info, first=None, after=None: connection(
-        parent["allEventPianos"]["nodes"], first, after
-    )
+    event["allEventPianos"].resolve = lambda parent, _info, first=None, after=None, **args: _simulated(
+        args) or connection(parent["allEventPianos"]["nodes"], first, after)
     types["PrivateEventPiano"].fields["piano"].resolve = _ref("pianos", "piano")
     entry = types["PrivateTimelineEntry"].fields
     entry["client"].resolve = _ref("clients", "client")
@@ -1123,6 +1022,7 @@ def create_app(
     counters_lock = threading.Lock()
     queries: Counter[str] = Counter()
     injected = {"graphql_errors": 0}
+    failing: set[str] = set()  # root fields whose queries fail (POST /_sandbox/fail_fields)
 
     def reset_data() -> None:
         data.reset()
@@ -1130,6 +1030,7 @@ def create_app(
         with counters_lock:
             queries.clear()
             injected["graphql_errors"] = 0
+            failing.clear()
 
     def extra_state() -> dict[str, object]:
         with counters_lock:
@@ -1139,6 +1040,7 @@ def create_app(
                 "tokens": len(oauth.access),
                 "refresh_tokens": oauth.valid_refresh_tokens(),
                 "refreshes": oauth.refreshes,
+                "failing_fields": sorted(failing),
             }
 
     app = FastAPI(title="Gazelle private API sandbox", docs_url=None, redoc_url=None, openapi_url=None)
@@ -1171,6 +1073,23 @@ def create_app(
         except (ValueError, AttributeError) as exc:
             return json_response({"error": str(exc)}, 400)
         return json_response({"ids": data.mutate(k, "pianos")})
+
+    @app.post("/_sandbox/fail_fields")
+    async def fail_fields(request: Request) -> Response:
+        fields = json.loads(await request.body() or b"{}").get("fields", [])
+        if not isinstance(fields, list) or not set(fields) <= set(ROOT_FIELDS):
+            return json_response({"error": f"fields must be a list of {', '.join(ROOT_FIELDS)}"}, 400)
+        with counters_lock:
+            failing.clear()
+            failing.update(fields)
+        return json_response({"fields": sorted(failing)})
+
+    @app.post("/_sandbox/remove")
+    async def remove(request: Request) -> Response:
+        body = json.loads(await request.body() or b"{}")
+        if body.get("kind") not in GazelleData.KINDS or not isinstance(body.get("id"), str):
+            return json_response({"error": f"give a kind ({', '.join(GazelleData.KINDS)}) and an id"}, 400)
+        return json_response({"removed": data.remove(body["kind"], body["id"])})
 
     @app.post("/_sandbox/hire")
     def hire() -> Response:
@@ -1233,8 +1152,10 @@ def create_app(
         body = {"errors": [{"message": message, "extensions": {"code": "UNAUTHENTICATED"}}]}
         return json_response(body, 401, {"WWW-Authenticate": 'Bearer realm="Gazelle"'})
 
-    def take_graphql_error() -> bool:
+    def take_graphql_error(asked: set[str]) -> bool:
         with counters_lock:
+            if asked & failing:
+                return True
             if faults.graphql_errors > 0:
                 faults.graphql_errors -= 1
                 injected["graphql_errors"] += 1
@@ -1268,14 +1189,16 @@ def create_app(
         asked = root_fields(document, operation_name)
         with counters_lock:
             queries.update(asked)
-        if take_graphql_error():
+        if take_graphql_error(asked):
             return json_response({"data": None, "errors": [INTERNAL_ERROR]})
         with data._lock:  # one consistent snapshot per request
             result = execute_sync(
                 SCHEMA, document, variable_values=variables, operation_name=operation_name, context_value=data
             )
         response: dict[str, object] = {}
-        if result.data is not None:  # None: the request failed before execution (e.g. bad variables)
+        # No data: the request failed before execution (e.g. bad variables); null data: a non-null root field
+        # failed (the error has a path).
+        if result.data is not None or any(e.path for e in result.errors or ()):
             response["data"] = result.data
         if result.errors:
             response["errors"] = [e.formatted for e in result.errors]

@@ -2,51 +2,67 @@
 
 Auth: OAuth2 with rotating refresh tokens (connection login/password = client id/secret, extra
 `refresh_token`), or an account API key in extra `x-gazelle-api-key` (HttpHook sends extras as headers).
+
+Nothing in Gazelle's schema filters or sorts by update time: users come in one plain list, clients and pianos
+are read in full every run (the upsert writes only what changed), appointments and timeline entries by window.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from usersync.api import ApiClient, OAuth2RotatingRefreshToken, TokenStateStore
-from usersync.graphql_api import connection_paginator, load_query
+from usersync.graphql_api import connection_paginator, list_paginator, load_query
 from usersync.staging import Paginator
 
 GRAPHQL_PATH = "/graphql/private/"
 TOKEN_PATH = "/developer/oauth/token"
 API_KEY_HEADER = "x-gazelle-api-key"
-OVERLAP = timedelta(minutes=5)  # a delta run pages back this far past the watermark (clock skew, same-second edits)
+TIMELINE_DAYS = 30
 
 
-def _start_dates(days: int) -> Callable[[datetime], dict[str, str]]:
-    """The `days` whole days before the logical date's day, as inclusive dates."""
-    return lambda day: {"startOn": (day - timedelta(days=days)).date().isoformat(),
-                        "endOn": (day - timedelta(days=1)).date().isoformat()}
+def appointment_days(moment: datetime, zone: ZoneInfo, days_back: int, days_ahead: int) -> dict[str, str]:
+    """The account-local days [today - days_back, today + days_ahead] of `moment`, and the zone they are in."""
+    today = moment.astimezone(zone).date()
+    return {
+        "startOn": (today - timedelta(days=days_back)).isoformat(),
+        "endOn": (today + timedelta(days=days_ahead)).isoformat(),
+        "timezone": zone.key,
+    }
 
 
-def _occurred(days: int) -> Callable[[datetime], dict[str, str]]:
-    """[logical date - `days`, logical date]."""
-    return lambda moment: {"from": _iso(moment - timedelta(days=days)), "to": _iso(moment)}
+def _one_more_day(window: dict[str, str]) -> dict[str, str]:
+    """The schema does not say in which zone startOn/endOn are read: ask a day more on each side (the stage
+    keeps the window's local days)."""
+    return {
+        "startOn": (date.fromisoformat(window["startOn"]) - timedelta(days=1)).isoformat(),
+        "endOn": (date.fromisoformat(window["endOn"]) + timedelta(days=1)).isoformat(),
+    }
+
+
+def timeline_window(moment: datetime, days: int = TIMELINE_DAYS) -> dict[str, str]:
+    """[moment - days, moment]; the API takes only the lower bound (occurredAtGet), the stage applies the upper."""
+    return {"from": _iso(moment - timedelta(days=days)), "to": _iso(moment)}
 
 
 @dataclass(frozen=True)
 class Stream:
     entity: str  # its table, staging stream and include/graphql/gazelle/<entity>.graphql
-    root: str  # the query's root connection
-    delta: bool = False  # newest first; a delta run stops at the table's watermark
-    window: Callable[[datetime], dict[str, str]] | None = None  # the query's variables for a logical date
+    root: str  # the query's root field
+    plain_list: bool = False  # the root field is a plain list (one request), not a Relay connection
+    variables: Callable[[dict[str, str]], dict[str, str]] = lambda window: {}  # the query's, for a window
     children: tuple[str, ...] = ()  # entities nested in its records, loaded with it
 
 
-STREAMS = {  # the `entities` param's choices, in load order (foreign keys: clients first)
-    "users": Stream("users", "allUsers"),
-    "clients": Stream("clients", "allClients", delta=True, children=("contacts",)),
-    "pianos": Stream("pianos", "allPianos", delta=True),
-    "appointments": Stream("events", "allEventsBatched", window=_start_dates(7)),
-    "timeline": Stream("timeline_entries", "allTimelineEntries", window=_occurred(30)),
+STREAMS = {  # the `entities` param's choices
+    "users": Stream("users", "allUsers", plain_list=True),
+    "clients": Stream("clients", "allClients", children=("contacts",)),
+    "pianos": Stream("pianos", "allPianos"),
+    "appointments": Stream("events", "allEventsBatched", variables=_one_more_day),
+    "timeline": Stream("timeline_entries", "allTimelineEntries", variables=lambda window: {"from": window["from"]}),
 }
 
 
@@ -57,23 +73,11 @@ def client(conn_id: str, token_store: TokenStateStore | None = None) -> ApiClien
     return api
 
 
-def paginator(api: ApiClient, stream: Stream, logical_date: datetime, watermark: datetime | None,
-              page_size: int) -> Paginator:
-    """The pages a run reads: a delta stream stops after the page that reaches `watermark` - OVERLAP."""
-    stop_after = None
-    if stream.delta and watermark is not None:
-        since = watermark - OVERLAP
-        stop_after = lambda nodes: not nodes or _older(nodes[-1], since)  # noqa: E731
-    variables = stream.window(logical_date) if stream.window else {}
-    return connection_paginator(api, GRAPHQL_PATH, load_query("gazelle", stream.entity), stream.root,
-                                variables, page_size, stop_after)
-
-
-def _older(node: Any, since: datetime) -> bool:
-    try:
-        return datetime.fromisoformat(node["updatedAt"].replace("Z", "+00:00")) < since
-    except (TypeError, KeyError, ValueError, AttributeError):
-        return False  # unreadable: keep paging (stage quarantines the record)
+def paginator(api: ApiClient, stream: Stream, window: dict[str, str] | None, page_size: int) -> Paginator:
+    query = load_query("gazelle", stream.entity)
+    if stream.plain_list:
+        return list_paginator(api, GRAPHQL_PATH, query, stream.root)
+    return connection_paginator(api, GRAPHQL_PATH, query, stream.root, stream.variables(window or {}), page_size)
 
 
 def _iso(moment: datetime) -> str:

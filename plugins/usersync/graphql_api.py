@@ -58,8 +58,8 @@ def connection_paginator(
 ) -> Paginator:
     """Pages of the Relay connection `connection` (a root field); state = the cursor to continue after.
 
-    `stop_after(nodes)` ends the walk after a page, e.g. once an UPDATED_AT_DESC walk reaches records older
-    than the last sync.
+    `stop_after(nodes)` ends the walk after a page, e.g. once a newest-first walk reaches records already
+    loaded.
     """
 
     def fetch(state: dict[str, Any]) -> Page:
@@ -75,6 +75,19 @@ def connection_paginator(
             raise GraphQLError(f"POST {path}: {connection} says there is a next page but gives no endCursor")
         done = not more or (stop_after is not None and stop_after(nodes))
         return Page(records=nodes, next=None if done else {"after": cursor})
+
+    return fetch
+
+
+def list_paginator(api: ApiClient, path: str, query: str, field: str, variables: dict[str, Any] | None = None
+                   ) -> Paginator:
+    """The one page of a root field that is a plain list (no connection: one request answers everything)."""
+
+    def fetch(_state: dict[str, Any]) -> Page:
+        records = execute(api, path, query, variables or {}).get(field)
+        if not isinstance(records, list):
+            raise GraphQLError(f"POST {path}: {field} is not a list")
+        return Page(records=records, next=None)
 
     return fetch
 

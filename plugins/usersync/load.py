@@ -85,24 +85,27 @@ class DeltaNotStagedError(Exception):
 
 def stage(
     db: TargetDb, entity: str, prefixes: str | ObjectStoragePath | Sequence[str], run_id: str,
-    children: Sequence[str] = (),
+    children: Sequence[str] = (), params: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """COPY the records staged under one or more prefixes into <entity>_raw, then project them into
-    <entity>_delta (and the deltas of `children`, records nested in the entity's), in one transaction."""
+    <entity>_delta (and the deltas of `children`, records nested in the entity's), in one transaction.
+    `params` go to stage_<entity>.sql with run_id and entity (e.g. a window, a time zone)."""
     if isinstance(prefixes, str | ObjectStoragePath):
         prefixes = [prefixes]
     prefixes = [str(p) for p in prefixes]
     _create_bookkeeping(db)
     with db.transaction() as cur:
         cur.execute(LOCK, (entity,))
-        counts = _stage(db, cur, entity, prefixes, run_id, children)
+        counts = _stage(db, cur, entity, prefixes, run_id, children, params or {})
         cur.execute(
             "DELETE FROM staged_deltas WHERE (entity = %(entity)s AND run_id = %(run_id)s) "
             f"OR staged_at < now() - interval '{RETENTION}'",
             {"entity": entity, "run_id": run_id})
         cur.execute(
-            "INSERT INTO staged_deltas (entity, run_id, prefixes, children, row_counts) VALUES (%s, %s, %s, %s, %s)",
-            (entity, run_id, prefixes, list(children), json.dumps(_delta_rows(cur, entity, children))))
+            "INSERT INTO staged_deltas (entity, run_id, prefixes, children, params, row_counts) "
+            "VALUES (%s, %s, %s, %s, %s, %s)",
+            (entity, run_id, prefixes, list(children), json.dumps(params or {}),
+             json.dumps(_delta_rows(cur, entity, children))))
     log.info("staged %s: %s", entity, counts)
     return counts
 
@@ -117,7 +120,7 @@ def _create_bookkeeping(db: TargetDb) -> None:
 
 
 def _stage(db: TargetDb, cur: Any, entity: str, prefixes: Sequence[str], run_id: str,
-           children: Sequence[str]) -> dict[str, Any]:
+           children: Sequence[str], stage_params: dict[str, Any]) -> dict[str, Any]:
     """Empty the entity's raw and delta tables and fill them with this run's staged records."""
     raw, suspect = sql.Identifier(f"{entity}_raw"), sql.Identifier(f"{entity}_suspect")
     deltas = [sql.Identifier(f"{name}_delta") for name in (entity, *children)]
@@ -135,7 +138,7 @@ def _stage(db: TargetDb, cur: Any, entity: str, prefixes: Sequence[str], run_id:
         with cur.copy(sql.SQL(COPY_SUSPECT).format(suspect)) as copy:
             copy.write(b"".join(suspects))
         refused = _sort_suspects(cur, raw, suspect, params)
-    counts = db.run(cur, f"stage_{entity}", params)
+    counts = db.run(cur, f"stage_{entity}", {**stage_params, **params})
     for key in ("received", "quarantined"):  # the refused lines never reached the stage statement
         if key in counts:
             counts[key] += refused
@@ -179,19 +182,19 @@ def _delta_rows(cur: Any, entity: str, children: Sequence[str]) -> dict[str, int
 def _own_delta(db: TargetDb, cur: Any, entity: str, run_id: str) -> dict[str, Any] | None:
     """Make sure <entity>_delta holds what this run's stage produced; rebuild it if not. Returns the rebuilt
     delta's stage counts (None when it was intact). Under the entity's lock."""
-    cur.execute("SELECT run_id, prefixes, children, row_counts FROM staged_deltas WHERE entity = %s "
+    cur.execute("SELECT run_id, prefixes, children, params, row_counts FROM staged_deltas WHERE entity = %s "
                 "ORDER BY (run_id = %s) DESC, id DESC", (entity, run_id))
     rows = cur.fetchall()
     if not rows or rows[0][0] != run_id:
         raise DeltaNotStagedError(f"{entity}: run {run_id} staged nothing to write (stage before upsert)")
-    _, prefixes, children, row_counts = rows[0]
+    _, prefixes, children, stage_params, row_counts = rows[0]
     cur.execute("SELECT run_id FROM staged_deltas WHERE entity = %s ORDER BY id DESC LIMIT 1", (entity,))
     holder = cur.fetchone()[0]
     if holder == run_id and _delta_rows(cur, entity, children) == row_counts:
         return None
     why = f"run {holder} staged since" if holder != run_id else "its rows were lost (a database restart?)"
     log.warning("%s_delta no longer holds what this run staged (%s): staging it again", entity, why)
-    counts = _stage(db, cur, entity, prefixes, run_id, children)
+    counts = _stage(db, cur, entity, prefixes, run_id, children, stage_params)
     if _delta_rows(cur, entity, children) != row_counts:
         raise RuntimeError(f"{entity}: staging run {run_id} again gave other row counts than its stage "
                            f"({row_counts}): its staging files changed?")

@@ -6,10 +6,12 @@ WITH checked AS (
             WHEN jsonb_typeof(record) <> 'object' THEN 'not a JSON object'
             WHEN jsonb_typeof(record->'id') IS DISTINCT FROM 'string' THEN 'id: missing or not a string'
             WHEN record->>'updatedAt' !~ '^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:?\d{2})$'
-                THEN 'updatedAt: missing or not an ISO 8601 timestamp'
+                THEN 'updatedAt: not an ISO 8601 timestamp'
             WHEN jsonb_typeof(record->'year') = 'number' AND record->>'year' !~ '^[0-9]{1,4}$'
                 OR coalesce(jsonb_typeof(record->'year'), 'null') NOT IN ('number', 'null')
                 THEN 'year: not an integer'
+            WHEN record->>'damppChaserMfgDate' !~ '^\d{4}-\d{2}-\d{2}$'
+                THEN 'damppChaserMfgDate: not a YYYY-MM-DD date'
             WHEN NOT EXISTS (SELECT 1 FROM clients WHERE id = record->'client'->>'id')
                 THEN 'client: not in clients'
         END AS reason
@@ -23,11 +25,13 @@ quarantined AS (
 ),
 staged AS (
     INSERT INTO pianos_delta (id, client_id, make, model, serial_number, type, year, status, location, notes,
+                              dampp_chaser_installed, dampp_chaser_humidistat_model, dampp_chaser_mfg_date,
                               created_at, updated_at)
     SELECT DISTINCT ON (record->>'id')
         record->>'id', record->'client'->>'id', record->>'make', record->>'model', record->>'serialNumber',
         record->>'type', (record->>'year')::integer, record->>'status', record->>'location', record->>'notes',
-        (record->>'createdAt')::timestamptz, (record->>'updatedAt')::timestamptz
+        (record->>'damppChaserInstalled')::boolean, record->>'damppChaserHumidistatModel',
+        (record->>'damppChaserMfgDate')::date, (record->>'createdAt')::timestamptz, (record->>'updatedAt')::timestamptz
     FROM checked
     WHERE reason IS NULL
     ORDER BY record->>'id', seq DESC
