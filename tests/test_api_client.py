@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from conftest import CLIENT_ID, CLIENT_SECRET
 from usersync import intra42, staging
-from usersync.api import ApiError, RateLimiter, parse_rate_limit
+from usersync.api import ApiError
+from usersync.ratelimit import RateLimiter, parse_rate_limit
 
 STUDENTS_ONLY = {"filter[kind]": "student", "filter[alumni?]": "false"}
 
@@ -303,7 +304,7 @@ def test_a_short_lived_token_serves_the_pages_of_its_lifetime():
     import time
 
     from conftest import intra42_conn
-    from usersync.api import renewal_margin
+    from usersync.auth import renewal_margin
 
     from sandbox.common import serve
     from sandbox.intra42 import Intra42Data, create_app
@@ -348,7 +349,8 @@ def test_a_refused_login_is_asked_once_by_every_thread_together(intra42_sandbox,
 
 
 def test_a_token_endpoint_that_is_down_is_not_a_refusal(cutting_server):
-    from usersync.api import ApiClient, AuthError, OAuth2ClientCredentials
+    from usersync.api import ApiClient, AuthError
+    from usersync.auth import OAuth2ClientCredentials
 
     cutting_server.extend(["length"] * 4)  # every try of the token call is cut: given up, but not refused
     api = ApiClient("cut_api", auth=OAuth2ClientCredentials())

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.log import mask_secret
 
 from usersync.api import ApiClient, ApiError, AuthError
+
+if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +57,9 @@ class PasswordToken:
         log.info("obtained a Portail DF token (%s scheme)", self.scheme)
 
 
-def client(conn_id: str) -> ApiClient:
-    api = ApiClient(conn_id)
+def client(conn_id: str, hand_over: ObjectStoragePath | None = None) -> ApiClient:
+    """`hand_over`: the state file of the clients that take turns on this account (see ApiClient)."""
+    api = ApiClient(conn_id, hand_over=hand_over)
     api.auth = PasswordToken(str(api.extras.get("api_version", "1")))
     return api
 
