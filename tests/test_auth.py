@@ -11,13 +11,9 @@ from usersync.api import ApiError
 STUDENTS_ONLY = {"filter[kind]": "student", "filter[alumni?]": "false"}
 
 
-@pytest.fixture
-def api(intra42_sandbox):
+def test_one_token_serves_every_page_and_is_renewed_when_it_expires(intra42_sandbox):
     intra42_sandbox.control("reset")
-    return intra42.client("intra42_api")
-
-
-def test_one_token_serves_every_page_and_is_renewed_when_it_expires(api, intra42_sandbox):
+    api = intra42.client("intra42_api")
     pages = intra42.users_paginator(api, 21, STUDENTS_ONLY, per_page=100)
     state = {"after_id": 0}
     for _ in range(3):

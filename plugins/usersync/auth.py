@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Protocol
@@ -37,7 +38,33 @@ class Auth(Protocol):
     def renew(self, client: ApiClient) -> None: ...
 
 
-class OAuth2ClientCredentials:
+class RenewableToken:
+    """A flow whose token is fetched on the first call (``_fetch`` sets ``token``, and ``renew_at`` when it knows
+    the token's lifetime), kept until ``renew_at`` (monotonic seconds) and fetched again when the API answers 401.
+    One fetch at a time: the client's threads wait for it and share the token."""
+
+    header, scheme = "Authorization", "Bearer"  # scheme "": the token alone
+
+    def __init__(self) -> None:
+        self.token: str | None = None
+        self.renew_at = math.inf
+        self.lock = threading.Lock()
+
+    def headers(self, client: ApiClient) -> dict[str, str]:
+        with self.lock:
+            if self.token is None or time.monotonic() >= self.renew_at:
+                self._fetch(client)
+            return {self.header: f"{self.scheme} {self.token}" if self.scheme else self.token}
+
+    def renew(self, client: ApiClient) -> None:
+        with self.lock:
+            self._fetch(client)
+
+    def _fetch(self, client: ApiClient) -> None:
+        raise NotImplementedError
+
+
+class OAuth2ClientCredentials(RenewableToken):
     """OAuth2 client-credentials (the connection's login/password are client id/secret).
 
     The token is cached for the client's lifetime (every page) and renewed shortly before it expires
@@ -45,21 +72,6 @@ class OAuth2ClientCredentials:
     """
 
     default_token_path = "/oauth/token"
-
-    def __init__(self) -> None:
-        self.token: str | None = None
-        self.renew_at = 0.0
-        self.lock = threading.Lock()
-
-    def headers(self, client: ApiClient) -> dict[str, str]:
-        with self.lock:
-            if self.token is None or time.monotonic() > self.renew_at:
-                self._fetch(client)
-            return {"Authorization": f"Bearer {self.token}"}
-
-    def renew(self, client: ApiClient) -> None:
-        with self.lock:
-            self._fetch(client)
 
     def _fetch(self, client: ApiClient) -> None:
         body = client.obtain_token(

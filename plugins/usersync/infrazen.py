@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -34,6 +33,7 @@ from typing import Any
 from airflow.sdk.log import mask_secret
 
 from usersync.api import ApiClient, ApiError, AuthError
+from usersync.auth import RenewableToken
 
 log = logging.getLogger(__name__)
 
@@ -125,25 +125,13 @@ def _expires_in(expires_at: str) -> float:
 # ---------------------------------------------------------------------------------------------- Yandex Cloud
 
 
-class IamToken:
+class IamToken(RenewableToken):
     """Yandex IAM token from a service-account key (PS256 JWT) or an OAuth token; renewed a little before its
     ``expiresAt`` (a tenth of its life, at most 5 min: the original's margin) and when an API answers 401."""
 
     def __init__(self, credentials: dict, url: str):
+        super().__init__()
         self.credentials, self.url = credentials, url
-        self.token: str | None = None
-        self.renew_at = 0.0
-        self.lock = threading.Lock()
-
-    def headers(self, client: ApiClient) -> dict[str, str]:
-        with self.lock:
-            if self.token is None or time.monotonic() >= self.renew_at:
-                self._fetch(client)
-            return {"Authorization": f"Bearer {self.token}"}
-
-    def renew(self, client: ApiClient) -> None:
-        with self.lock:
-            self._fetch(client)
 
     def _fetch(self, client: ApiClient) -> None:
         key = self.credentials.get("service_account_key")
@@ -254,26 +242,17 @@ class YandexClient:
 # ---------------------------------------------------------------------------------------------- Selectel
 
 
-class KeystoneToken:
+class KeystoneToken(RenewableToken):
     """Selectel's OpenStack token: Keystone password auth scoped to the account's first project → 201 with the
     token in ``X-Subject-Token`` and the regions in the catalog; re-issued when an OpenStack API answers 401."""
 
+    header, scheme = "X-Auth-Token", ""
+
     def __init__(self, url: str, credentials: dict):
+        super().__init__()
         self.url, self.credentials = url, credentials
         self.account = self.project = None
-        self.token: str | None = None
         self.regions: list[str] = []
-        self.lock = threading.Lock()
-
-    def headers(self, client: ApiClient) -> dict[str, str]:
-        with self.lock:
-            if self.token is None:
-                self._fetch(client)
-            return {"X-Auth-Token": self.token}
-
-    def renew(self, client: ApiClient) -> None:
-        with self.lock:
-            self._fetch(client)
 
     def _fetch(self, client: ApiClient) -> None:
         user = {"name": self.credentials["service_username"], "domain": {"name": self.account},
@@ -425,23 +404,12 @@ class SelectelClient:
 # ---------------------------------------------------------------------------------------------- Beget
 
 
-class BegetToken:
+class BegetToken(RenewableToken):
     """The cloud API's JWT (``POST /v1/auth``): the original never renewed it; here a 401 logs in again."""
 
     def __init__(self, url: str, login: str, password: str):
+        super().__init__()
         self.url, self.login, self.password = url, login, password
-        self.token: str | None = None
-        self.lock = threading.Lock()
-
-    def headers(self, client: ApiClient) -> dict[str, str]:
-        with self.lock:
-            if self.token is None:
-                self._fetch(client)
-            return {"Authorization": f"Bearer {self.token}"}
-
-    def renew(self, client: ApiClient) -> None:
-        with self.lock:
-            self._fetch(client)
 
     def _fetch(self, client: ApiClient) -> None:
         answer = client.obtain_token(self.url, json={"login": self.login, "password": self.password})

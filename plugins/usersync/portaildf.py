@@ -7,12 +7,12 @@ Connection extras: `api_version` "1" (portaildf.cerema.fr, DRF token: `Authoriza
 from __future__ import annotations
 
 import logging
-import threading
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.log import mask_secret
 
 from usersync.api import ApiClient, ApiError, AuthError
+from usersync.auth import RenewableToken
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -26,25 +26,14 @@ TOKEN_FLOWS = {  # api_version -> (token path, field of the answer holding the t
 }
 
 
-class PasswordToken:
+class PasswordToken(RenewableToken):
     """Portail DF's token auth (both versions): the connection's login/password buy a token, renewed on 401."""
 
     def __init__(self, api_version: str):
         if api_version not in TOKEN_FLOWS:
             raise ValueError(f"api_version must be one of {sorted(TOKEN_FLOWS)}, not {api_version!r}")
+        super().__init__()
         self.path, self.field, self.scheme = TOKEN_FLOWS[api_version]
-        self.token: str | None = None
-        self.lock = threading.Lock()
-
-    def headers(self, client: ApiClient) -> dict[str, str]:
-        with self.lock:
-            if self.token is None:
-                self._fetch(client)
-            return {"Authorization": f"{self.scheme} {self.token}"}
-
-    def renew(self, client: ApiClient) -> None:
-        with self.lock:
-            self._fetch(client)
 
     def _fetch(self, client: ApiClient) -> None:
         body = client.obtain_token(self.path, json={"username": client.login, "password": client.password})
