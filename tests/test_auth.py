@@ -91,8 +91,14 @@ def test_a_short_lived_token_serves_the_pages_of_its_lifetime():
     from sandbox.intra42 import Intra42Data, create_app
 
     assert (renewal_margin(20), renewal_margin(7200)) == (2.0, 60.0)
-    app = create_app(Intra42Data(students=300, seed=1), client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
-                     per_second=1000, per_hour=100000, token_ttl=20)
+    app = create_app(
+        Intra42Data(students=300, seed=1),
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        per_second=1000,
+        per_hour=100000,
+        token_ttl=20,
+    )
     with serve(app) as url, pytest.MonkeyPatch.context() as patch:
         patch.setenv("AIRFLOW_CONN_INTRA42_API", intra42_conn(url, rate_limit="1000/s"))
         api = intra42.client("intra42_api")

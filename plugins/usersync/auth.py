@@ -75,8 +75,8 @@ class OAuth2ClientCredentials(RenewableToken):
 
     def _fetch(self, client: ApiClient) -> None:
         body = client.obtain_token(
-            self.default_token_path, data={"grant_type": "client_credentials", "client_id": client.login,
-                                           "client_secret": client.password},
+            self.default_token_path,
+            data={"grant_type": "client_credentials", "client_id": client.login, "client_secret": client.password},
         )
         self.token = body["access_token"]
         mask_secret(self.token)
@@ -162,27 +162,40 @@ class OAuth2RotatingRefreshToken:
                 self.state = saved  # another task (or an earlier one) already has a valid token
                 return
             try:
-                body = client.obtain_token(self.default_token_path, data={
-                    "grant_type": "refresh_token", "refresh_token": saved["refresh_token"],
-                    "client_id": client.login, "client_secret": client.password})
+                body = client.obtain_token(
+                    self.default_token_path,
+                    data={
+                        "grant_type": "refresh_token",
+                        "refresh_token": saved["refresh_token"],
+                        "client_id": client.login,
+                        "client_secret": client.password,
+                    },
+                )
             except AuthError as exc:
                 wait = next(waits, None)
                 if "invalid_grant" not in str(exc) or wait is None:
-                    raise AuthError(f"{exc}. If the refresh token was revoked, authorize the application again "
-                                    f"and put the new refresh token in connection {client.conn_id}") from exc
+                    raise AuthError(
+                        f"{exc}. If the refresh token was revoked, authorize the application again "
+                        f"and put the new refresh token in connection {client.conn_id}"
+                    ) from exc
                 client.refused = None  # not a refusal yet: maybe a concurrent task rotated the token
                 time.sleep(wait)  # look at what it saved
                 continue
             mask_secret(body["access_token"])
             mask_secret(body["refresh_token"])
             lifetime = float(body.get("expires_in", 3600))
-            self.state = {"origin": saved["origin"], "refresh_token": body["refresh_token"],
-                          "access_token": body["access_token"], "expires_at": time.time() + lifetime,
-                          "renew_at": time.time() + lifetime - renewal_margin(lifetime)}
+            self.state = {
+                "origin": saved["origin"],
+                "refresh_token": body["refresh_token"],
+                "access_token": body["access_token"],
+                "expires_at": time.time() + lifetime,
+                "renew_at": time.time() + lifetime - renewal_margin(lifetime),
+            }
             self.store.save(self.state)
             client.stats.add(token_renewals=1)
-            log.info("refreshed the access token (valid %ss); saved the rotated refresh token",
-                     body.get("expires_in", "?"))
+            log.info(
+                "refreshed the access token (valid %ss); saved the rotated refresh token", body.get("expires_in", "?")
+            )
             return
 
 
