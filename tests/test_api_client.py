@@ -235,13 +235,19 @@ def test_a_client_under_another_auth_shares_the_account_limit_and_counters(intra
     assert api.auth is None and api.stats.token_renewals == 1 and api.stats.calls == 2  # token + page
 
 
-def test_clients_running_at_the_same_time_keep_to_their_share(intra42_sandbox, monkeypatch):
-    from conftest import intra42_conn
+def test_clients_running_at_the_same_time_keep_to_their_share(intra42_sandbox):
+    """Parallel fetches of one account (its limit: 40/s): two clients as fast as they can, each told it shares
+    the account with another, are never refused together; each alone would use the whole limit."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    monkeypatch.setenv("AIRFLOW_CONN_INTRA42_API", intra42_conn(intra42_sandbox.url, rate_limit="10/s,1200/h"))
-    assert ApiClient("intra42_api", shared_by=4).limiter.limits == [(2, 1.0), (300, 3600.0)]
-    assert ApiClient("intra42_api").limiter.limits == [(10, 1.0), (1200, 3600.0)]
-    assert ApiClient.from_url(rate_limit="9/s", shared_by=3).limiter.limits == [(3, 1.0)]
+    intra42_sandbox.control("reset")
+    clients = [ApiClient("intra42_api", OAuth2ClientCredentials(), shared_by=2) for _ in range(2)]
+    assert [c.limiter.limits for c in clients] == [[(20, 1.0)]] * 2
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda api: [api.get_json("/v2/cursus/21/users", params={"per_page": 1}) for _ in range(30)],
+                      clients))  # fmt: skip
+    assert intra42_sandbox.state()["stats"]["throttled"] == 0
+    assert ApiClient.from_url(rate_limit="9/s,1200/h", shared_by=3).limiter.limits == [(3, 1.0), (400, 3600.0)]
 
 
 def test_clients_taking_turns_hand_over_the_calls_still_in_the_windows(cutting_server, tmp_path):

@@ -31,7 +31,7 @@ class RateLimiter:
 
     A call holds a place in each window from when it starts until `period` after its answer arrived:
     the server counted it somewhere in between, so however long calls take, the next one cannot land in
-    a window the server considers full. `pause()` holds everyone back after a 429 + Retry-After.
+    a window the server considers full. `pause()` holds everyone back for the wait a 429 announced.
     """
 
     MARGIN = 0.005  # seconds, for timer granularity
