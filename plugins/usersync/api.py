@@ -98,7 +98,7 @@ class ApiClient:
     def __init__(self, conn_id: str, auth: Auth | None = None, *, shared_by: int = 1,
                  hand_over: ObjectStoragePath | None = None):  # fmt: skip
         """From the Airflow connection `conn_id`. `shared_by`: clients on this account at the same time (each
-        keeps to its share of the limit); `hand_over`: a state file for clients that take turns (see __enter__)."""
+        keeps to its share of the limit); `hand_over`: a state file for clients that take turns (see __exit__)."""
         connection = HttpHook.get_connection(conn_id)
         extras = connection.extra_dejson
         self._configure(
