@@ -9,10 +9,10 @@ every API answer delayed by --latency):
 
   sync        what the DAG's look_up_chunk tasks run, one chunk after the other: the users split into chunks
               of --batch-size (staging.split_to_staging, as select_users does), then per chunk a fresh
-              portaildf.client("portaildf_api") (rate_limit "R/s") whose limiter continues from the previous
-              chunk's recent calls (lookups/_recent_calls.json), staging.fan_out_to_staging(...,
-              portaildf.lookup_user, num_workers=--workers), and the chunk's own recent calls written for the
-              next one. Its wall time is compared with the ideal N/R.
+              portaildf.client("portaildf_api", hand_over=lookups/_recent_calls.json) (rate_limit "R/s") whose
+              limiter continues from the previous chunk's recent calls, staging.fan_out_to_staging(...,
+              portaildf.lookup_user, num_workers=--workers), and the chunk's own recent calls handed over to
+              the next one. Its wall time is compared with the ideal N/R.
   sequential  the old way: one requests.Session, one V1 token, then GET /api/utilisateurs?email=... one user
               after the other, over the first --sequential-sample users, extrapolated to N.
 
@@ -59,7 +59,7 @@ from tools.airflow_env import airflow_env  # noqa: E402  (imports no Airflow)
 
 os.environ.update(airflow_env(AIRFLOW_HOME, STAGING, log_level="WARNING"))
 
-from usersync.api import RateLimiter  # noqa: E402  (after the environment: imports Airflow)
+from usersync.ratelimit import RateLimiter  # noqa: E402  (after the environment: imports Airflow)
 
 from sandbox.common import Faults, serve  # noqa: E402
 from sandbox.portaildf import KINDS, PortailDFData, create_app  # noqa: E402
@@ -194,17 +194,14 @@ def bench_sync(url: str, users: list[dict[str, str]], rate: int, workers: int, b
     started = time.perf_counter()
     for chunk in chunks:  # look_up_chunk, as in dags/portaildf_user_kind.py
         chunk_started = time.perf_counter()
-        api = portaildf.client(CONN_ID)
-        watched = RoundTrips(api)
         lookups = staging.run_prefix(DAG_ID, run_id, "lookups")
-        calls = lookups / "_recent_calls.json"
-        api.limiter.continue_from(staging.read_json(calls) or [])
-        manifests.append(staging.fan_out_to_staging(
-            lookups / ObjectStoragePath(chunk).stem, staging.read_ndjson(chunk),
-            functools.partial(portaildf.lookup_user, api), api, workers,
-            failed=lambda answer: answer["outcome"] == "failed",
-        ))
-        staging.write_json(calls, api.limiter.history())
+        with portaildf.client(CONN_ID, hand_over=lookups / "_recent_calls.json") as api:
+            watched = RoundTrips(api)
+            manifests.append(staging.fan_out_to_staging(
+                lookups / ObjectStoragePath(chunk).stem, staging.read_ndjson(chunk),
+                functools.partial(portaildf.lookup_user, api), api, workers,
+                failed=lambda answer: answer["outcome"] == "failed",
+            ))
         stalls.append(min(sent for sent, _ in watched.calls) - chunk_started)  # until its first call left
         trips += [trip for _, trip in watched.calls]
     wall = time.perf_counter() - started

@@ -176,8 +176,7 @@ def gazelle_sync():
         if entity not in entities:
             raise AirflowSkipException(f"{entity} is not in this run's entities")
         stream = gazelle.STREAMS[entity]
-        api = gazelle.client(API_CONN)
-        api.limiter.divide(len(entities))  # the fetches run at the same time on one account's limit
+        api = gazelle.client(API_CONN, shared_by=len(entities))  # the fetches run at once on one account's limit
         held = window(entity, run_date(context), params)
         pages = gazelle.paginator(api, stream, held, params["page_size"])
         dag_run = context["dag_run"]

@@ -78,20 +78,17 @@ def portaildf_user_kind():
         refused = lookups / "_login_refused.json"  # one refused login per run: the next chunks do not try
         if (earlier := staging.read_json(refused)) and ti.try_number == 1:  # a chunk cleared by hand does
             raise AuthError(f"an earlier chunk of this run was refused the login: {earlier['error']}")
-        api = portaildf.client(API_CONN)
-        calls = lookups / "_recent_calls.json"  # the previous chunk's calls still count in the API's windows
-        api.limiter.continue_from(staging.read_json(calls) or [])
+        # The chunks take turns on one account: each starts from the calls the previous one left in the windows.
         try:
-            answered = staging.fan_out_to_staging(
-                lookups / ObjectStoragePath(chunk).stem, staging.read_ndjson(chunk),
-                functools.partial(portaildf.lookup_user, api), api, params["num_workers"],
-                failed=portaildf.lookup_failed,
-            )
+            with portaildf.client(API_CONN, hand_over=lookups / "_recent_calls.json") as api:
+                return staging.fan_out_to_staging(
+                    lookups / ObjectStoragePath(chunk).stem, staging.read_ndjson(chunk),
+                    functools.partial(portaildf.lookup_user, api), api, params["num_workers"],
+                    failed=portaildf.lookup_failed,
+                )
         except AuthError as exc:
             staging.write_json(refused, {"error": str(exc)})
             raise
-        staging.write_json(calls, api.limiter.history())
-        return answered
 
     @task(trigger_rule="none_failed")  # also when there was no user to check
     def stage_answers(looked_up: list[dict], dag_run=None) -> dict:

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from usersync.api import ApiClient, OAuth2RotatingRefreshToken, TokenStateStore
+from usersync.api import ApiClient
+from usersync.auth import OAuth2RotatingRefreshToken, TokenStateStore
 from usersync.graphql_api import connection_paginator, list_paginator, load_query
 from usersync.staging import Paginator
 
@@ -66,8 +67,8 @@ STREAMS = {  # the `entities` param's choices
 }
 
 
-def client(conn_id: str, token_store: TokenStateStore | None = None) -> ApiClient:
-    api = ApiClient(conn_id)
+def client(conn_id: str, token_store: TokenStateStore | None = None, shared_by: int = 1) -> ApiClient:
+    api = ApiClient(conn_id, shared_by=shared_by)
     if API_KEY_HEADER not in api.extras:
         api.auth = OAuth2RotatingRefreshToken(conn_id, default_token_path=TOKEN_PATH, store=token_store)
     return api

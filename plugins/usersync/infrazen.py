@@ -15,8 +15,9 @@ pointed at the sandbox, a proxy or a private endpoint:
     beget     host           https://api.beget.com                      (legacy API: /api/...)
               cloud_host     the credentials' api_url, else ``host``  (cloud API: /v1/...)
 
-The HTTP layer is usersync.api's ``ApiClient`` (retries with backoff on 5xx/timeouts, 429 + Retry-After pauses,
-a sliding-window limiter, token renewal on 401), built here from arguments instead of an Airflow connection.
+The HTTP layer is usersync.api's ``ApiClient.from_url`` (retries with backoff on 5xx/timeouts, 429 + Retry-After
+pauses, a sliding-window limiter, token renewal on 401, a given-up 5xx's body in its error): the credentials come
+from the app's table, not from an Airflow connection; every call gives an absolute URL (one account, many hosts).
 """
 
 from __future__ import annotations
@@ -24,16 +25,15 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import requests
 from airflow.sdk.log import mask_secret
 
-from usersync.api import ApiClient, ApiError, AuthError, CallStats, RateLimiter, parse_rate_limit
+from usersync.api import ApiClient, ApiError, AuthError
+from usersync.auth import RenewableToken
 
 log = logging.getLogger(__name__)
 
@@ -116,56 +116,6 @@ def _record(
 # ---------------------------------------------------------------------------------------------- HTTP
 
 
-class HttpClient(ApiClient):
-    """``ApiClient`` without an Airflow connection: limits, timeouts and retries from arguments, absolute URLs.
-
-    ``ApiClient.__init__`` reads a connection; this sets the same attributes directly, so ``request``,
-    ``fetch_json`` and ``obtain_token`` work unchanged. ``sibling(auth)`` shares the limiter and the counters:
-    one provider account, several authentication schemes (Selectel's X-Token and Keystone token).
-    """
-
-    def __init__(self, name: str, auth=None, *, rate_limit: str | None = None, timeout: float = 30.0,
-                 max_retries: int = 5, backoff: float = 1.0, limiter: RateLimiter | None = None,
-                 stats: CallStats | None = None, last_failure: list | None = None):  # fmt: skip
-        self.conn_id, self.auth = name, auth
-        self.stats = stats or CallStats()
-        self.login = self.password = None
-        self.extras: dict[str, Any] = {}
-        self.timeout, self.max_retries, self.backoff = float(timeout), int(max_retries), float(backoff)
-        self.limiter = limiter or RateLimiter(parse_rate_limit(rate_limit))
-        self._local = threading.local()
-        self.base_url = ""
-        self.last_failure = last_failure or [None]  # shared by siblings
-
-    @property
-    def session(self) -> requests.Session:
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = self._local.session = requests.Session()
-            session.hooks["response"].append(self._remember_failure)
-        return session
-
-    def _remember_failure(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
-        """ApiClient reports a 5xx it gave up on as "HTTP 500": keep the body, the provider's real error."""
-        if response.status_code >= 500:
-            self.last_failure[0] = f"HTTP {response.status_code}: {response.text[:300]}".replace("\n", " ")
-
-    def sibling(self, auth) -> HttpClient:
-        return HttpClient(self.conn_id, auth, timeout=self.timeout, max_retries=self.max_retries,
-                          backoff=self.backoff, limiter=self.limiter, stats=self.stats,
-                          last_failure=self.last_failure)  # fmt: skip
-
-    def explain(self, exc: ApiError) -> str:
-        """The error with the provider's last 5xx answer when ApiClient gave up on retries (it says "HTTP 500")."""
-        message = str(exc)
-        if "gave up after" in message and self.last_failure[0]:
-            message += f"; last answer {self.last_failure[0]}"
-        return message
-
-    def get(self, url: str, **kwargs: Any) -> Any:
-        return self.fetch_json("GET", url, **kwargs)[0]
-
-
 def _expires_in(expires_at: str) -> float:
     """Seconds until an RFC 3339 instant with up to nanoseconds ('2026-11-28T05:44:06.993112000Z')."""
     text = re.sub(r"(\.\d{6})\d+", r"\1", expires_at.strip()).replace("Z", "+00:00")
@@ -175,25 +125,13 @@ def _expires_in(expires_at: str) -> float:
 # ---------------------------------------------------------------------------------------------- Yandex Cloud
 
 
-class IamToken:
+class IamToken(RenewableToken):
     """Yandex IAM token from a service-account key (PS256 JWT) or an OAuth token; renewed a little before its
     ``expiresAt`` (a tenth of its life, at most 5 min: the original's margin) and when an API answers 401."""
 
     def __init__(self, credentials: dict, url: str):
+        super().__init__()
         self.credentials, self.url = credentials, url
-        self.token: str | None = None
-        self.renew_at = 0.0
-        self.lock = threading.Lock()
-
-    def headers(self, client: ApiClient) -> dict[str, str]:
-        with self.lock:
-            if self.token is None or time.monotonic() >= self.renew_at:
-                self._fetch(client)
-            return {"Authorization": f"Bearer {self.token}"}
-
-    def renew(self, client: ApiClient) -> None:
-        with self.lock:
-            self._fetch(client)
 
     def _fetch(self, client: ApiClient) -> None:
         key = self.credentials.get("service_account_key")
@@ -216,9 +154,9 @@ class IamToken:
 
 
 class YandexClient:
-    def __init__(self, credentials: dict, hosts: dict[str, str], http: HttpClient, page_size: int):
+    def __init__(self, credentials: dict, hosts: dict[str, str], http: ApiClient, page_size: int):
         self.credentials, self.template, self.page_size = credentials, hosts["host"], page_size
-        self.http = http.sibling(IamToken(credentials, self.url("iam", "iam/v1/tokens")))
+        self.http = http.with_auth(IamToken(credentials, self.url("iam", "iam/v1/tokens")))
         self.clouds: list[dict] = []
 
     def url(self, service: str, path: str) -> str:
@@ -231,7 +169,7 @@ class YandexClient:
         token = None
         while True:
             query = {**params, "pageSize": str(self.page_size), **({"pageToken": token} if token else {})}
-            body = self.http.get(self.url(service, path), params=query)
+            body = self.http.get_json(self.url(service, path), params=query)
             items.extend(body.get(key, []))  # proto3 JSON leaves an empty list out
             token = body.get("nextPageToken")
             if not token:
@@ -250,8 +188,9 @@ class YandexClient:
         clouds = [c["id"] for c in self.clouds]
         key = self.credentials.get("service_account_key")
         if not clouds and key:
-            account = self.http.get(self.url("iam", f"iam/v1/serviceAccounts/{key['service_account_id']}"))
-            home = self.http.get(self.url("resource-manager", f"resource-manager/v1/folders/{account['folderId']}"))
+            account = self.http.get_json(self.url("iam", f"iam/v1/serviceAccounts/{key['service_account_id']}"))
+            folder = f"resource-manager/v1/folders/{account['folderId']}"
+            home = self.http.get_json(self.url("resource-manager", folder))
             clouds = [home["cloudId"]]
         path = "resource-manager/v1/folders"
         return [f for cloud in clouds for f in self.list("resource-manager", path, "folders", cloudId=cloud)]
@@ -303,26 +242,17 @@ class YandexClient:
 # ---------------------------------------------------------------------------------------------- Selectel
 
 
-class KeystoneToken:
+class KeystoneToken(RenewableToken):
     """Selectel's OpenStack token: Keystone password auth scoped to the account's first project → 201 with the
     token in ``X-Subject-Token`` and the regions in the catalog; re-issued when an OpenStack API answers 401."""
 
+    header, scheme = "X-Auth-Token", ""
+
     def __init__(self, url: str, credentials: dict):
+        super().__init__()
         self.url, self.credentials = url, credentials
         self.account = self.project = None
-        self.token: str | None = None
         self.regions: list[str] = []
-        self.lock = threading.Lock()
-
-    def headers(self, client: ApiClient) -> dict[str, str]:
-        with self.lock:
-            if self.token is None:
-                self._fetch(client)
-            return {"X-Auth-Token": self.token}
-
-    def renew(self, client: ApiClient) -> None:
-        with self.lock:
-            self._fetch(client)
 
     def _fetch(self, client: ApiClient) -> None:
         user = {"name": self.credentials["service_username"], "domain": {"name": self.account},
@@ -369,16 +299,16 @@ def kopecks_per_hour_to_daily(kopecks: float) -> float:
 class SelectelClient:
     PROVIDER_KEYS = ("vpc", "mks", "dbaas", "craas")
 
-    def __init__(self, credentials: dict, hosts: dict[str, str], http: HttpClient, page_size: int):
+    def __init__(self, credentials: dict, hosts: dict[str, str], http: ApiClient, page_size: int):
         self.credentials, self.hosts, self.page_size = credentials, hosts, page_size
         self.api = hosts["host"].rstrip("/")
         self.http = http  # X-Token calls (a static key: a 401 is final)
         self.keystone = KeystoneToken(f"{hosts['identity_host'].rstrip('/')}/identity/v3/auth/tokens", credentials)
-        self.openstack = http.sibling(self.keystone)
+        self.openstack = http.with_auth(self.keystone)
         self.headers = {"X-Token": credentials["api_key"]}
 
     def x_token(self, path: str, **params: Any) -> Any:
-        return self.http.get(f"{self.api}/{path}", headers=self.headers, params=params)
+        return self.http.get_json(f"{self.api}/{path}", headers=self.headers, params=params)
 
     def connect(self) -> str:
         """X-Token (account → its name, the Keystone domain) and Keystone, as the original's connection test."""
@@ -399,7 +329,7 @@ class SelectelClient:
         marker = None
         while True:
             params = {"limit": self.page_size, **({"marker": marker} if marker else {})}
-            page = self.openstack.get(self.region_url(region, path), params=params).get(key, [])
+            page = self.openstack.get_json(self.region_url(region, path), params=params).get(key, [])
             items += page
             if len(page) < self.page_size or not page:
                 return items
@@ -428,7 +358,7 @@ class SelectelClient:
                 volumes[volume["id"]] = volume
             for flavor_id in {s.get("flavor", {}).get("id") for s in servers.values()} - set(flavors) - {None}:
                 url = self.region_url(region, f"compute/v2.1/flavors/{flavor_id}")
-                flavors[flavor_id] = self.openstack.get(url)["flavor"]
+                flavors[flavor_id] = self.openstack.get_json(url)["flavor"]
         # Latest hour per object; children (parent_id ≠ project: a VM's disks) merged into their parent.
         latest = max((r["period"] for r in rows), default=None)
         objects: dict[str, dict] = {}
@@ -474,23 +404,12 @@ class SelectelClient:
 # ---------------------------------------------------------------------------------------------- Beget
 
 
-class BegetToken:
+class BegetToken(RenewableToken):
     """The cloud API's JWT (``POST /v1/auth``): the original never renewed it; here a 401 logs in again."""
 
     def __init__(self, url: str, login: str, password: str):
+        super().__init__()
         self.url, self.login, self.password = url, login, password
-        self.token: str | None = None
-        self.lock = threading.Lock()
-
-    def headers(self, client: ApiClient) -> dict[str, str]:
-        with self.lock:
-            if self.token is None:
-                self._fetch(client)
-            return {"Authorization": f"Bearer {self.token}"}
-
-    def renew(self, client: ApiClient) -> None:
-        with self.lock:
-            self._fetch(client)
 
     def _fetch(self, client: ApiClient) -> None:
         answer = client.obtain_token(self.url, json={"login": self.login, "password": self.password})
@@ -510,14 +429,14 @@ def beget_cloud_type(kind: str) -> str:
 class BegetClient:
     LIMIT_WAITS = 10  # LIMIT_ERROR envelopes in a row before giving up
 
-    def __init__(self, credentials: dict, hosts: dict[str, str], http: HttpClient, page_size: int):
+    def __init__(self, credentials: dict, hosts: dict[str, str], http: ApiClient, page_size: int):
         self.login, self.password = credentials["username"], credentials["password"]
         self.api = hosts["host"].rstrip("/")
         # The connection's cloud_host wins over the credentials' api_url: a redirect must catch every call.
         cloud = (hosts.get("cloud_host") or credentials.get("api_url") or hosts["host"]).rstrip("/")
         self.cloud = cloud
         self.http = http
-        self.bearer = http.sibling(BegetToken(f"{cloud}/v1/auth", self.login, self.password))
+        self.bearer = http.with_auth(BegetToken(f"{cloud}/v1/auth", self.login, self.password))
         self.errors: list[str] = []
 
     def legacy(self, method: str) -> Any:
@@ -562,13 +481,14 @@ class BegetClient:
         except AuthError:
             raise
         except ApiError as exc:
-            self.errors.append(f"{what}: {self.http.explain(exc)}")
+            self.errors.append(f"{what}: {exc}")
             log.warning("Beget %s", self.errors[-1])
             return []
 
     def resources(self) -> tuple[list[dict], dict]:
-        vps = self.optional("VPS list", lambda: self.bearer.get(f"{self.cloud}/v1/vps/server/list").get("vps", []))
-        services = self.optional("cloud services", lambda: self.bearer.get(f"{self.cloud}/v1/cloud").get("service", []))
+        cloud = self.bearer.get_json
+        vps = self.optional("VPS list", lambda: cloud(f"{self.cloud}/v1/vps/server/list").get("vps", []))
+        services = self.optional("cloud services", lambda: cloud(f"{self.cloud}/v1/cloud").get("service", []))
         domains = self.optional("domains", lambda: self.legacy("domain/getList") or [])
         rows = []
         for v in vps:
@@ -655,8 +575,10 @@ def sync_provider(
         credentials = json.loads(credentials)
     for secret in _secrets(credentials):
         mask_secret(secret)
-    http = HttpClient(f"infrazen_{provider_type}", rate_limit=rate_limit or DEFAULT_RATE_LIMITS[provider_type],
-                      timeout=timeout, max_retries=max_retries, backoff=backoff)  # fmt: skip
+    http = ApiClient.from_url(
+        name=f"infrazen_{provider_type}", rate_limit=rate_limit or DEFAULT_RATE_LIMITS[provider_type],
+        timeout=timeout, max_retries=max_retries, backoff=backoff,
+    )  # fmt: skip
     try:
         client = CLIENTS[provider_type](credentials, {**DEFAULT_HOSTS[provider_type], **(hosts or {})}, http,
                                         min(page_size, YANDEX_MAX_PAGE_SIZE))  # fmt: skip
@@ -668,7 +590,7 @@ def sync_provider(
         stage = "Sync failed"
         resources, metadata = client.resources()
     except (ApiError, KeyError, TypeError, ValueError) as exc:
-        message = http.explain(exc) if isinstance(exc, ApiError) else f"unexpected answer: {type(exc).__name__}: {exc}"
+        message = str(exc) if isinstance(exc, ApiError) else f"unexpected answer: {type(exc).__name__}: {exc}"
         raise ProviderError(
             f"{stage}: {message}",
             connection=stage == "Connection failed",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from usersync.api import ApiClient, ApiError, OAuth2ClientCredentials
+from usersync.api import ApiClient, ApiError
+from usersync.auth import OAuth2ClientCredentials
 from usersync.staging import Page, Paginator
 
 CURSUS_USERS = "/v2/cursus/{cursus_id}/users"

@@ -7,12 +7,15 @@ Connection extras: `api_version` "1" (portaildf.cerema.fr, DRF token: `Authoriza
 from __future__ import annotations
 
 import logging
-import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.log import mask_secret
 
 from usersync.api import ApiClient, ApiError, AuthError
+from usersync.auth import RenewableToken
+
+if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
 
 log = logging.getLogger(__name__)
 
@@ -23,25 +26,14 @@ TOKEN_FLOWS = {  # api_version -> (token path, field of the answer holding the t
 }
 
 
-class PasswordToken:
+class PasswordToken(RenewableToken):
     """Portail DF's token auth (both versions): the connection's login/password buy a token, renewed on 401."""
 
     def __init__(self, api_version: str):
         if api_version not in TOKEN_FLOWS:
             raise ValueError(f"api_version must be one of {sorted(TOKEN_FLOWS)}, not {api_version!r}")
+        super().__init__()
         self.path, self.field, self.scheme = TOKEN_FLOWS[api_version]
-        self.token: str | None = None
-        self.lock = threading.Lock()
-
-    def headers(self, client: ApiClient) -> dict[str, str]:
-        with self.lock:
-            if self.token is None:
-                self._fetch(client)
-            return {"Authorization": f"{self.scheme} {self.token}"}
-
-    def renew(self, client: ApiClient) -> None:
-        with self.lock:
-            self._fetch(client)
 
     def _fetch(self, client: ApiClient) -> None:
         body = client.obtain_token(self.path, json={"username": client.login, "password": client.password})
@@ -54,8 +46,9 @@ class PasswordToken:
         log.info("obtained a Portail DF token (%s scheme)", self.scheme)
 
 
-def client(conn_id: str) -> ApiClient:
-    api = ApiClient(conn_id)
+def client(conn_id: str, hand_over: ObjectStoragePath | None = None) -> ApiClient:
+    """`hand_over`: the state file of the clients that take turns on this account (see ApiClient)."""
+    api = ApiClient(conn_id, hand_over=hand_over)
     api.auth = PasswordToken(str(api.extras.get("api_version", "1")))
     return api
 
