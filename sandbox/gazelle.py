@@ -51,7 +51,7 @@ from graphql import (
 )
 from starlette.responses import RedirectResponse, Response
 
-from sandbox.common import JSON_TYPE, Controls, Faults, Sandbox, TokenStore, install, json_response, oauth_params
+from sandbox.common import Controls, Faults, Sandbox, TokenStore, install, json_response, oauth_params
 
 DEFAULT_CLIENT_ID = "usersync-gazelle-client-id"
 DEFAULT_CLIENT_SECRET = "usersync-gazelle-client-secret"
@@ -1240,10 +1240,7 @@ def create_app(
             response["data"] = result.data
         if result.errors:
             response["errors"] = [e.formatted for e in result.errors]
-        try:
-            return json_response(response)
-        except UnicodeEncodeError:  # a lone surrogate (hostile records): sent as its JSON escape
-            return Response(json.dumps(response, separators=(",", ":")).encode(), media_type=JSON_TYPE)
+        return json_response(response)
 
     async def graphql_endpoint(request: Request) -> Response:
         started = time.perf_counter()
