@@ -212,7 +212,7 @@ def gazelle_sync():
             dag_id=dag_run.dag_id, run_id=dag_run.run_id, dry_run=params["dry_run"], started_at=dag_run.start_date,
             mode="appointments" if entities == ["appointments"] else "full", **totals, **per_entity, failed=failed,
         )
-        staging.remove_other_runs(dag_run.dag_id, dag_run.run_id)
+        staging.clean_up(dag_run.dag_id, dag_run.run_id)
         return report.publish(db, run)
 
     # Fails the run, once the report is written, when any entity failed (report_run itself never fails for that:

@@ -115,7 +115,7 @@ def portaildf_user_kind():
             throttled=sum(c["throttled"] for c in chunks), retries=sum(c["retries"] for c in chunks),
             not_found_ids=staged["not_found_ids"], failures=staged["failures"],
         )
-        staging.remove_other_runs(dag_run.dag_id, dag_run.run_id)
+        staging.clean_up(dag_run.dag_id, dag_run.run_id)
         return report.publish(db, run)
 
     chunks = select_users()

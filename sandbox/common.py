@@ -40,7 +40,10 @@ JSON_TYPE = "application/json; charset=utf-8"
 
 def json_response(payload: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     """Compact UTF-8 JSON, like the Rails/Node servers the sandboxes imitate."""
-    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    try:
+        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:  # a lone surrogate (hostile records): sent as its JSON escape, like Rails does
+        body = json.dumps(payload, separators=(",", ":")).encode()
     return Response(body, status_code=status, headers=headers, media_type=JSON_TYPE)
 
 

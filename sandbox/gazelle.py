@@ -617,6 +617,40 @@ class GazelleData:
             self._cache.clear()
             return dict(user)
 
+    def make_hostile(self) -> dict[str, str]:
+        """Serve one record per kind of value a real API can send and a loader must survive; returns, per kind,
+        the id of the record the sync reads (a contact's client: contacts come nested in their client).
+
+        nul, lone_surrogate: a client text JSON can carry but Postgres cannot store (NUL, a lone UTF-16 surrogate);
+        impossible_date, offset_99, contact_hour_25, year_0000, event_no_such_date, timeline_hour_25: a timestamp
+        or date shaped like ISO 8601 that is no moment (in a client, a contact, a piano, an event, a timeline
+        entry). The clients picked have no pianos; the event starts on the anchor's day and the entry occurred the
+        day before it (inside a sync's default windows around the anchor).
+        """
+        with self._lock:
+            records, before = self._records, iso(self._anchor_s - _DAY)[:10]
+            lonely = [c for c in records["clients"].values() if c["contacts"] and not self._pianos_of.get(c["id"])]
+            clients = dict(zip(("nul", "lone_surrogate", "impossible_date", "offset_99", "contact_hour_25"),
+                               lonely[:: max(1, len(lonely) // 5)], strict=False))
+            fields = {"nul": {"companyName": "Nul\x00l"}, "lone_surrogate": {"personalNotes": "Half \ud83d"},
+                      "impossible_date": {"updatedAt": "2026-02-30T10:00:00Z"},
+                      "offset_99": {"updatedAt": "2025-06-01T10:00:00+99:00"}}
+            for kind, client in clients.items():
+                client = records["clients"][client["id"]] = dict(client, **fields.get(kind, {}))
+                if kind == "contact_hour_25":
+                    client["contacts"] = [dict(client["contacts"][0], createdAt="2025-06-01T25:00:00Z"),
+                                          *client["contacts"][1:]]
+            piano = next(iter(records["pianos"].values()))
+            records["pianos"][piano["id"]] = dict(piano, damppChaserMfgDate="0000-06-01")
+            event = next(e for e in records["events"].values()
+                         if parse_datetime(e["start"]).astimezone(self.zone).date() == self.anchor)
+            records["events"][event["id"]] = dict(event, createdAt="2026-04-31T09:00:00Z")
+            entry = next(t for t in records["timeline"].values() if t["occurredAt"].startswith(before))
+            records["timeline"][entry["id"]] = dict(entry, occurredAt=f"{before}T25:00:00Z")
+            self._cache.clear()
+            return {**{kind: c["id"] for kind, c in clients.items()}, "year_0000": piano["id"],
+                    "event_no_such_date": event["id"], "timeline_hour_25": entry["id"]}
+
     def reset(self) -> None:
         """Restore the generated data (forgets mutations and hires)."""
         with self._lock:
@@ -1090,6 +1124,10 @@ def create_app(
         if body.get("kind") not in GazelleData.KINDS or not isinstance(body.get("id"), str):
             return json_response({"error": f"give a kind ({', '.join(GazelleData.KINDS)}) and an id"}, 400)
         return json_response({"removed": data.remove(body["kind"], body["id"])})
+
+    @app.post("/_sandbox/hostile")
+    def hostile() -> Response:
+        return json_response({"ids": data.make_hostile()})
 
     @app.post("/_sandbox/hire")
     def hire() -> Response:

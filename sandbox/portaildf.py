@@ -298,7 +298,7 @@ class PortailDFData:
         return len(self._base)
 
     def _record(self, d: int) -> dict:
-        record = dict(self._base[d])
+        record = dict(self._base[d], **self._hostile.get(d, {}))
         flags = self._flags.get(d)
         if flags:
             record["exterieur"], record["gestionnaire"] = flags
@@ -385,10 +385,23 @@ class PortailDFData:
                 emails.append(self._app[p]["email"])
             return emails
 
+    def make_hostile(self) -> dict[str, str]:
+        """Give two known users' directory records a text JSON can carry but Postgres cannot store (nul: a NUL
+        character, lone_surrogate: a lone UTF-16 surrogate); returns the app user id of each."""
+        texts = {"nul": "Nul\x00l", "lone_surrogate": "Half \ud83d"}
+        with self._lock:
+            ids = {}
+            for n, (kind, text) in enumerate(texts.items(), start=1):
+                p = self._known[n * len(self._known) // (len(texts) + 1)]
+                self._hostile[self._app_dir[p]] = {"str_mandataire": text}
+                ids[kind] = self._app[p]["id"]
+            return ids
+
     def reset(self) -> None:
         """Forget all mutations."""
         with self._lock:
             self._flags: dict[int, tuple[bool, bool]] = {}
+            self._hostile: dict[int, dict] = {}
             self._mutations = 0
 
     def describe(self) -> dict[str, object]:
@@ -784,6 +797,10 @@ def create_app(
             return unauthorized(body, _BEARER_CHALLENGE, allow="POST, OPTIONS")
         sandbox.stats.add("tokens_issued")
         return drf_response({"access": accounts.access_token()}, allow="POST, OPTIONS")
+
+    @app.post("/_sandbox/hostile")
+    def hostile() -> Response:
+        return json_response({"ids": data.make_hostile()})
 
     app.add_api_route("/api/api-token-auth/", v1_login, methods=["POST"])
     app.add_api_route("/api/token/", v2_login, methods=["POST"])

@@ -303,3 +303,61 @@ def test_case_variant_duplicates_never_give_a_user_someone_elses_kind(twins, sql
     assert report["ambiguous"] == len(ambiguous)
     assert {f["user_id"] for f in report["failures"]} == unresolved
     assert all(f["reason"].startswith("ambiguous: 2 directory records") for f in report["failures"])
+
+
+def test_a_postgres_crash_between_stage_and_write_loses_nothing(portaildf, sql, monkeypatch):
+    from usersync import load
+
+    write = load.upsert
+
+    def after_a_crash(db, entity, **kwargs):
+        sql(f"TRUNCATE {SCHEMA}.users_delta")  # what crash recovery does to an unlogged table
+        return write(db, entity, **kwargs)
+
+    monkeypatch.setattr(load, "upsert", after_a_crash)
+    run, report = sync()
+
+    assert kinds(sql) == portaildf.data.expected_kinds()
+    assert report["updated"] == sum(kind is not None for kind in portaildf.data.expected_kinds().values()) > 0
+    assert xcom(run, "update_kinds")["restaged"] == xcom(run, "stage_answers")["staged"]
+
+
+def test_overlapping_runs_whose_stages_and_writes_interleave_end_exact(portaildf, sql, monkeypatch):
+    """Stage of run A, stage of run B, write of A, write of B (a retry, a manual run during a scheduled one):
+    each write finds the delta not its own and stages its run again; the kinds end as the directory has them."""
+    from usersync import load, staging
+
+    sync()
+    monkeypatch.setattr(staging, "clean_up", lambda dag_id, run_id: None)  # run A's files stay: it is not over
+    write, held = load.upsert, []
+    portaildf.control("mutate", {"k": 20})
+    monkeypatch.setattr(load, "upsert", lambda db, entity, *, run_id, **kwargs: held.append(run_id) or {
+        "updated": 0, "unchanged": 0, "transitions": {}, "kinds": {}})
+    sync()  # run A: looks up and stages, its write held back
+    portaildf.control("mutate", {"k": 20})
+    written_by_a = []
+
+    def after_run_a_writes(db, entity, *, run_id, **kwargs):
+        written_by_a.append(write(db, entity, run_id=held[0], **kwargs))
+        return write(db, entity, run_id=run_id, **kwargs)
+
+    monkeypatch.setattr(load, "upsert", after_run_a_writes)
+    run, report = sync()  # run B: stages, then run A writes, then run B writes
+
+    assert written_by_a[0]["updated"] == 20 and written_by_a[0]["restaged"] > 0
+    assert report["updated"] == 20 and xcom(run, "update_kinds")["restaged"] == xcom(run, "stage_answers")["staged"]
+    assert kinds(sql) == portaildf.data.expected_kinds()
+
+
+def test_hostile_answers_are_quarantined_with_their_reason_while_the_rest_land(portaildf, sql):
+    hostile = portaildf.control("hostile")["ids"]
+    _, report = sync()
+
+    reasons = dict(sql(f"SELECT substring(record #>> '{{}}' FROM '\"user_id\":\"([^\"]+)\"'), reason "
+                       f"FROM {SCHEMA}.quarantine"))
+    assert "unsupported Unicode escape sequence" in reasons.pop(hostile["nul"])
+    assert "surrogate" in reasons.pop(hostile["lone_surrogate"])
+    assert reasons == {} and report["quarantined"] == 2
+    expected = portaildf.data.expected_kinds()
+    assert expected[hostile["nul"]] is not None and expected[hostile["lone_surrogate"]] is not None
+    assert kinds(sql) == {**expected, hostile["nul"]: None, hostile["lone_surrogate"]: None}  # left as they were

@@ -628,3 +628,19 @@ def test_cli():
     finally:
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=10) == 0
+
+
+def test_hostile_records_are_served_as_json_escapes(url, data):
+    hostile = requests.post(f"{url}/_sandbox/hostile", timeout=5).json()["ids"]
+    body = gql(url, f"{{ allClients(first: 100) {{ nodes {{ {CLIENT_FIELDS} }} }} }}").text
+    body += "".join(gql(url, f'{{ allClients(first: 100, after: "{encode_cursor(n)}") {{ nodes {{ id companyName '
+                             f'personalNotes updatedAt }} }} }}').text for n in (100, 200))
+    assert '"Nul\\u0000l"' in body and '"Half \\ud83d"' in body  # valid JSON; Postgres refuses both
+    assert '"2026-02-30T10:00:00Z"' in body and '"2025-06-01T10:00:00+99:00"' in body
+    client = data.get("clients", hostile["contact_hour_25"])
+    assert client["contacts"][0]["createdAt"] == "2025-06-01T25:00:00Z"
+    assert data.get("pianos", hostile["year_0000"])["damppChaserMfgDate"] == "0000-06-01"
+    assert data.get("events", hostile["event_no_such_date"])["createdAt"] == "2026-04-31T09:00:00Z"
+    assert data.get("timeline", hostile["timeline_hour_25"])["occurredAt"] == "2026-11-19T25:00:00Z"
+    requests.post(f"{url}/_sandbox/reset", timeout=5).raise_for_status()
+    assert data.get("pianos", hostile["year_0000"])["damppChaserMfgDate"] != "0000-06-01"

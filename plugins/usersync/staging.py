@@ -214,8 +214,6 @@ def clean_up(dag_id: str, run_id: str, keep_days: float = RETENTION_DAYS) -> Non
             folder.rmdir(recursive=True)
 
 
-remove_other_runs = clean_up  # the name the DAGs used to call it by
-
 
 def _touched_since(folder: ObjectStoragePath, cutoff: float) -> bool:
     """Whether the folder or anything in it was written after `cutoff` (epoch seconds)."""

@@ -1,23 +1,42 @@
 -- clients_raw -> clients_delta and contacts_delta (each client's contacts are nested in its record, in
 -- allContacts); the last record per id wins; a client that cannot be read goes to quarantine with its contacts,
--- and so does a client with more contacts than clients.graphql asks for (allContacts(first: 50)).
+-- and so does a client with more contacts than clients.graphql asks for (allContacts(first: 50)). Every value
+-- that is cast is checked first (timestamps by timestamp_problem()), so no cast can fail for the whole batch.
 WITH checked AS (
     SELECT seq, record,
         CASE
             WHEN jsonb_typeof(record) <> 'object' THEN 'not a JSON object'
             WHEN jsonb_typeof(record->'id') IS DISTINCT FROM 'string' THEN 'id: missing or not a string'
-            WHEN record->>'updatedAt' !~ '^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:?\d{2})$'
-                THEN 'updatedAt: not an ISO 8601 timestamp'
+            WHEN record->>'createdAt' IS NOT NULL AND timestamp_problem(record->>'createdAt') IS NOT NULL
+                THEN 'createdAt: ' || timestamp_problem(record->>'createdAt')
+            WHEN record->>'updatedAt' IS NOT NULL AND timestamp_problem(record->>'updatedAt') IS NOT NULL
+                THEN 'updatedAt: ' || timestamp_problem(record->>'updatedAt')
             WHEN coalesce(jsonb_typeof(record->'tags'), 'null') NOT IN ('array', 'null') THEN 'tags: not a list'
             WHEN jsonb_typeof(record->'allContacts'->'nodes') IS DISTINCT FROM 'array'
                 THEN 'allContacts: missing or not a connection'
-            WHEN (record->'allContacts'->'pageInfo'->>'hasNextPage')::boolean
+            WHEN record->'allContacts'->'pageInfo'->'hasNextPage' = 'true'
                 THEN 'allContacts: more contacts than the query asks for; raise allContacts(first:) in clients.graphql'
-            WHEN EXISTS (SELECT 1 FROM jsonb_array_elements(record->'allContacts'->'nodes') AS c
-                         WHERE jsonb_typeof(c->'id') IS DISTINCT FROM 'string')
-                THEN 'allContacts: a contact without a string id'
+            WHEN contact_problem IS NOT NULL THEN 'allContacts: ' || contact_problem
         END AS reason
     FROM clients_raw
+    LEFT JOIN LATERAL (  -- the first contact that cannot be read: its client is refused with it
+        SELECT problem AS contact_problem
+        FROM jsonb_array_elements(CASE jsonb_typeof(record->'allContacts'->'nodes')
+                                      WHEN 'array' THEN record->'allContacts'->'nodes' ELSE '[]' END) AS c,
+        LATERAL (SELECT CASE
+            WHEN jsonb_typeof(c->'id') IS DISTINCT FROM 'string' THEN 'a contact without a string id'
+            WHEN coalesce(jsonb_typeof(c->'wantsEmail'), 'null') NOT IN ('boolean', 'null')
+                THEN 'wantsEmail: not a boolean'
+            WHEN coalesce(jsonb_typeof(c->'wantsText'), 'null') NOT IN ('boolean', 'null')
+                THEN 'wantsText: not a boolean'
+            WHEN c->>'createdAt' IS NOT NULL AND timestamp_problem(c->>'createdAt') IS NOT NULL
+                THEN 'createdAt: ' || timestamp_problem(c->>'createdAt')
+            WHEN c->>'updatedAt' IS NOT NULL AND timestamp_problem(c->>'updatedAt') IS NOT NULL
+                THEN 'updatedAt: ' || timestamp_problem(c->>'updatedAt')
+        END AS problem) AS p
+        WHERE problem IS NOT NULL
+        LIMIT 1
+    ) AS contacts ON true
     OFFSET 0
 ),
 latest AS (
@@ -47,7 +66,7 @@ contacts AS (
                                 email, phone, street1, street2, municipality, postal_code, region,
                                 created_at, updated_at)
     SELECT DISTINCT ON (c->>'id')
-        c->>'id', record->>'id', c->>'id' = record->'defaultContact'->>'id', c->>'firstName', c->>'lastName',
+        c->>'id', record->>'id', c->>'id' IS NOT DISTINCT FROM record->'defaultContact'->>'id', c->>'firstName', c->>'lastName',
         c->>'title', (c->>'wantsEmail')::boolean, (c->>'wantsText')::boolean, c->'defaultEmail'->>'email',
         c->'defaultPhone'->>'phoneNumber', c->'defaultLocation'->>'street1', c->'defaultLocation'->>'street2',
         c->'defaultLocation'->>'municipality', c->'defaultLocation'->>'postalCode',

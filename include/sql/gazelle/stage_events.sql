@@ -7,8 +7,18 @@ WITH checked AS (
         CASE
             WHEN jsonb_typeof(record) <> 'object' THEN 'not a JSON object'
             WHEN jsonb_typeof(record->'id') IS DISTINCT FROM 'string' THEN 'id: missing or not a string'
-            WHEN record->>'start' !~ '^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})$'
-                THEN 'start: missing or not an ISO 8601 timestamp'
+            WHEN timestamp_problem(record->>'start') IS NOT NULL
+                THEN 'start: ' || timestamp_problem(record->>'start')
+            WHEN record->>'createdAt' IS NOT NULL AND timestamp_problem(record->>'createdAt') IS NOT NULL
+                THEN 'createdAt: ' || timestamp_problem(record->>'createdAt')
+            WHEN record->>'updatedAt' IS NOT NULL AND timestamp_problem(record->>'updatedAt') IS NOT NULL
+                THEN 'updatedAt: ' || timestamp_problem(record->>'updatedAt')
+            WHEN coalesce(jsonb_typeof(record->'isAllDay'), 'null') NOT IN ('boolean', 'null')
+                THEN 'isAllDay: not a boolean'
+            WHEN coalesce(jsonb_typeof(record->'confirmedByClient'), 'null') NOT IN ('boolean', 'null')
+                THEN 'confirmedByClient: not a boolean'
+            WHEN coalesce(jsonb_typeof(record->'allEventPianos'->'nodes'), 'null') NOT IN ('array', 'null')
+                THEN 'allEventPianos: not a connection'
             WHEN jsonb_typeof(record->'duration') = 'number' AND record->>'duration' !~ '^[0-9]{1,6}$'
                 OR coalesce(jsonb_typeof(record->'duration'), 'null') NOT IN ('number', 'null')
                 THEN 'duration: not an integer'

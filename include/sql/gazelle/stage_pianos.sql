@@ -5,13 +5,20 @@ WITH checked AS (
         CASE
             WHEN jsonb_typeof(record) <> 'object' THEN 'not a JSON object'
             WHEN jsonb_typeof(record->'id') IS DISTINCT FROM 'string' THEN 'id: missing or not a string'
-            WHEN record->>'updatedAt' !~ '^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:?\d{2})$'
-                THEN 'updatedAt: not an ISO 8601 timestamp'
+            WHEN record->>'createdAt' IS NOT NULL AND timestamp_problem(record->>'createdAt') IS NOT NULL
+                THEN 'createdAt: ' || timestamp_problem(record->>'createdAt')
+            WHEN record->>'updatedAt' IS NOT NULL AND timestamp_problem(record->>'updatedAt') IS NOT NULL
+                THEN 'updatedAt: ' || timestamp_problem(record->>'updatedAt')
             WHEN jsonb_typeof(record->'year') = 'number' AND record->>'year' !~ '^[0-9]{1,4}$'
                 OR coalesce(jsonb_typeof(record->'year'), 'null') NOT IN ('number', 'null')
                 THEN 'year: not an integer'
             WHEN record->>'damppChaserMfgDate' !~ '^\d{4}-\d{2}-\d{2}$'
                 THEN 'damppChaserMfgDate: not a YYYY-MM-DD date'
+            WHEN record->>'damppChaserMfgDate' IS NOT NULL  -- a date is a timestamp's first 10 characters
+                AND timestamp_problem(record->>'damppChaserMfgDate' || 'T00:00:00Z') IS NOT NULL
+                THEN 'damppChaserMfgDate: ' || timestamp_problem(record->>'damppChaserMfgDate' || 'T00:00:00Z')
+            WHEN coalesce(jsonb_typeof(record->'damppChaserInstalled'), 'null') NOT IN ('boolean', 'null')
+                THEN 'damppChaserInstalled: not a boolean'
             WHEN NOT EXISTS (SELECT 1 FROM clients WHERE id = record->'client'->>'id')
                 THEN 'client: not in clients'
         END AS reason

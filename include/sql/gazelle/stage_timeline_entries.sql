@@ -6,8 +6,8 @@ WITH checked AS (
         CASE
             WHEN jsonb_typeof(record) <> 'object' THEN 'not a JSON object'
             WHEN jsonb_typeof(record->'id') IS DISTINCT FROM 'string' THEN 'id: missing or not a string'
-            WHEN record->>'occurredAt' !~ '^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:?\d{2})$'
-                THEN 'occurredAt: missing or not an ISO 8601 timestamp'
+            WHEN timestamp_problem(record->>'occurredAt') IS NOT NULL
+                THEN 'occurredAt: ' || timestamp_problem(record->>'occurredAt')
             WHEN jsonb_typeof(record->'client'->'id') IS DISTINCT FROM 'string' THEN 'client: missing'
         END AS reason
     FROM timeline_entries_raw

@@ -4,8 +4,10 @@ WITH checked AS (
         CASE
             WHEN jsonb_typeof(record) <> 'object' THEN 'not a JSON object'
             WHEN jsonb_typeof(record->'id') IS DISTINCT FROM 'string' THEN 'id: missing or not a string'
-            WHEN record->>'updatedAt' !~ '^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:?\d{2})$'
-                THEN 'updatedAt: not an ISO 8601 timestamp'
+            WHEN record->>'createdAt' IS NOT NULL AND timestamp_problem(record->>'createdAt') IS NOT NULL
+                THEN 'createdAt: ' || timestamp_problem(record->>'createdAt')
+            WHEN record->>'updatedAt' IS NOT NULL AND timestamp_problem(record->>'updatedAt') IS NOT NULL
+                THEN 'updatedAt: ' || timestamp_problem(record->>'updatedAt')
         END AS reason
     FROM users_raw
     OFFSET 0
