@@ -562,16 +562,12 @@ def test_generated_data_invariants():
     assert PortailDFData(300, seed=3).app_users() != PortailDFData(300, seed=4).app_users()
 
 
-def test_ten_thousand_users_build_fast():
-    started = time.perf_counter()
+def test_ten_thousand_users_build():
+    # Speed is the benchmarks' business (bench/), not a timed assertion's: this checks the sizes and lookups.
     data = PortailDFData(users=10_000)
     assert len(data.app_users()) == 10_000 and len(data) == 8700 + 2500
-    assert time.perf_counter() - started < 2.0
-    started = time.perf_counter()
     emails = [u["email"] for u in data.app_users() if u["email"]]
-    for email in emails:
-        data.expected_kind(email)
-    assert time.perf_counter() - started < 1.0  # O(1) lookups
+    assert {data.expected_kind(email) for email in emails} - {None} <= set(KINDS.values())
 
 
 def test_state_keys(api, url):
