@@ -107,7 +107,7 @@ def build(config: ds_grist.Config):
                                                                                               "retries")}}
 
         @task
-        def load_mirror(fetched: dict, params=None, dag_run=None) -> dict:
+        def load_mirror(matched: dict, fetched: dict, params=None, dag_run=None) -> dict:
             """Flatten, COPY, stage, upsert into the mirror and queue what changed for Grist; a dry run rolls
             everything back after counting."""
             descriptors = staging.read_json(folder(dag_run) / "descriptors.json")
@@ -140,8 +140,11 @@ def build(config: ds_grist.Config):
                     added = ds_grist.prepare(cur, config.schema, mirror)
                     for name, table_rows in rows.items():
                         ds_grist.copy_rows(cur, name, table_rows)
-                    counts = ds_grist.load(cur, mirror, dag_run.run_id, deleted=others["deleted"],
-                                           full_refresh=params["full_refresh"], refused=refused)
+                    # A column added to a Grist table holds Grist's default (0, false, "") in the rows already
+                    # there: those rows are rewritten once, with the real (empty) values.
+                    grown = {name for name, (table, _) in ds_grist.TABLES.items() if table in matched["columns_added"]}
+                    counts = ds_grist.load(cur, mirror, dag_run.run_id, deleted=others["deleted"], refused=refused,
+                                           rewrite=set(mirror) if params["full_refresh"] else grown)
                 if params["dry_run"]:
                     conn.rollback()
                 else:
@@ -197,12 +200,11 @@ def build(config: ds_grist.Config):
 
         matched = match_grist_schema()
         fetched = fetch_dossiers()
-        loaded = load_mirror(fetched)
+        loaded = load_mirror(matched, fetched)
         written = write_to_grist(loaded)
         dag_parts.check_params() >> [ds_up, grist_up, create_tables]
         [ds_up, grist_up] >> matched
         [matched, create_tables] >> fetched
-        matched >> loaded
         report_run(matched, fetched, loaded, written)
 
     return sync()

@@ -25,7 +25,7 @@ configurations:
   - {{name: small, demarche: {SMALL}, document: {OTHER_DOC}, time: "06:30"}}
   - {{name: same_doc, demarche: {SMALL}, document: {DOC}, time: "00:00"}}
   - {{name: filtered, demarche: {DEMARCHE}, document: filteredDoc,
-     filters: {{states: [en_instruction, accepte], groupes: [1, 2], deposited_from: 2025-03-01,
+     filters: {{states: [en_instruction, accepte], groupes: [1011, 1012], deposited_from: 2025-03-01,
                deposited_to: 2025-09-30}}}}
   - {{name: disabled, demarche: {DEMARCHE}, document: {DOC}, enabled: false}}
 """
@@ -143,8 +143,7 @@ def test_k_changed_dossiers_rewrite_k_rows_and_deleted_ones_disappear(apis):
     ds_url, grist_url = apis
     run_dag("ds_to_grist__main")
     changed = requests.post(f"{ds_url}/_sandbox/mutate", json={"k": 5, "demarche": DEMARCHE}, timeout=10).json()["ids"]
-    gone = next(n for n in range(1, 10_000) if n not in changed and any(
-        r["number"] == n for r in grist_records(grist_url, "Dossiers")))
+    gone = next(r["number"] for r in grist_records(grist_url, "Dossiers") if r["number"] not in changed)
     requests.post(f"{ds_url}/_sandbox/delete_dossier", json={"number": gone}, timeout=10).raise_for_status()
     rows_before = grist_state(grist_url)["rows_written"]
     run, states = run_dag("ds_to_grist__main")
@@ -201,7 +200,7 @@ def test_filters_select_exactly_the_matching_dossiers(apis):
     assert set(states.values()) == {"success"}, states
 
     def keep(d):
-        return (d["state"] in ("en_instruction", "accepte") and d["groupeInstructeur"]["number"] in (1, 2)
+        return (d["state"] in ("en_instruction", "accepte") and d["groupeInstructeur"]["number"] in (1011, 1012)
                 and "2025-03-01" <= d["dateDepot"][:10] <= "2025-09-30")
 
     assert_grist_equals_ds(grist_url, doc="filteredDoc", keep=keep)
@@ -219,7 +218,7 @@ def test_schedules_offsets_and_limits():
 
     dag = get_dag("ds_to_grist__same_doc")
     assert dag.max_active_runs == 1 and dag.dagrun_timeout.total_seconds() == 7200
-    assert dag.timetable.summary == "15 0 * * *" and str(dag.timetable._timezone) == "Europe/Paris"
+    assert dag.timetable.expression == "15 0 * * *" and str(dag.timetable.timezone) == "Europe/Paris"
     assert all(t.retries >= 1 for t in dag.tasks)
 
 

@@ -217,12 +217,13 @@ def load(
     run_id: str,
     *,
     deleted: Sequence[int],
-    full_refresh: bool,
+    rewrite: set[str],
     refused: Sequence[tuple[dict, str]] = (),
 ) -> dict[str, Any]:
     """<table>_raw (filled) -> the mirror and grist_pending: stage, quarantine (a dossier refused in one table
     is held back from all), upsert, rows of changed dossiers' repeatable blocks that went away, deleted dossiers,
-    instructeurs that went away. Returns the counts per table."""
+    instructeurs that went away. Every row of the `rewrite` tables is queued, changed or not. Returns the counts
+    per table."""
     cur.execute(LOCK)
     cur.execute("DELETE FROM quarantine WHERE run_id = %s AND entity = ANY(%s)", (run_id, list(mirror)))
     if refused:  # dossiers flatten could not read
@@ -248,7 +249,7 @@ def load(
     for name, e in mirror.items():
         cur.execute(entity.upsert_sql(e))
         counts[name].update(zip([c.name for c in cur.description], cur.fetchone(), strict=True))
-        _queue(cur, name, sql.SQL("true" if full_refresh else "ingested_at = now()"), "write")
+        _queue(cur, name, sql.SQL("true" if name in rewrite else "ingested_at = now()"), "write")
     # A changed dossier lists all its repeatable rows: the others went away.
     cur.execute(
         "WITH gone AS (DELETE FROM repetable_rows t WHERE number IN (SELECT number FROM dossiers_delta) "
