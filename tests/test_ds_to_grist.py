@@ -62,6 +62,7 @@ def sandboxes(pg, airflow_db, tmp_path_factory):
         os.environ["AIRFLOW_CONN_DS_API"] = conn(ds_url, DEFAULT_TOKEN)
         os.environ["AIRFLOW_CONN_GRIST_API"] = conn(grist_url, DEFAULT_API_KEY)
         yield ds_url, grist_url
+    del os.environ["USERSYNC_DS_TO_GRIST_CONFIG"]  # other modules parse the repository's configurations
 
 
 @pytest.fixture
