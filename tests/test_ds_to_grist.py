@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import datetime
 
 import pytest
 import requests
@@ -276,3 +277,17 @@ def test_dry_run_writes_nothing_and_full_refresh_rewrites_every_row(apis, sql):
     assert xcom(run, "report_run")["grist"]["Dossiers"]["updated"] == 150
     assert grist_state(grist_url)["rows_written"] - rows == sum(len(t) for t in expected(DEMARCHE).values()) + len(
         grist_records(grist_url, "Instructeurs"))
+
+
+def test_since_overrides_the_watermark(apis):
+    ds_url, grist_url = apis
+    run_dag("ds_to_grist__main")
+    since = "2025-09-01T00:00:00+00:00"
+    run, states = run_dag("ds_to_grist__main", conf={"since": since})
+    assert set(states.values()) == {"success"}, states
+    report = xcom(run, "report_run")
+    truth = ds.fetch_all(ds.dossiers_paginator(ds.client("ds_api"), DEMARCHE), ds.first_page())
+    moment = datetime.fromisoformat(since)
+    updated = [d for d in truth if datetime.fromisoformat(d["dateDerniereModification"]) >= moment]
+    assert 0 < report["fetched"] == len(updated) < 150 and report["since"] == since
+    assert sum(t["written"] for t in report["grist"].values()) == 0  # read again, nothing changed
