@@ -75,15 +75,21 @@ def old_approach(grist_url: str, ds_url: str) -> dict:
     for dossier in ds.fetch_all(ds.dossiers_paginator(api, DEMARCHE), ds.first_page()):
         for table, rows in ds.flatten(dossier, schema).items():
             grist_table, key = ds_grist.TABLES[table]
-            stored = {r["fields"][key[0]]: r["fields"] for r in
-                      client.records(grist_table, filter={"number": [dossier["number"]]})}
-            differ = [row for row in rows if any(stored.get(row[key[0]], {}).get(c, "missing") != v
-                                                 for c, v in row.items())]
+            stored = {
+                r["fields"][key[0]]: r["fields"]
+                for r in client.records(grist_table, filter={"number": [dossier["number"]]})
+            }
+            differ = [
+                row for row in rows if any(stored.get(row[key[0]], {}).get(c, "missing") != v for c, v in row.items())
+            ]
             if differ:
                 client.add_or_update(grist_table, differ, key)
                 writes += 1
-    return {"seconds": round(time.perf_counter() - started, 1), "grist_calls": client.api.stats.calls,
-            "grist_writes": writes}
+    return {
+        "seconds": round(time.perf_counter() - started, 1),
+        "grist_calls": client.api.stats.calls,
+        "grist_writes": writes,
+    }
 
 
 def main() -> None:
@@ -116,13 +122,18 @@ def main() -> None:
             puts = after_first["endpoints"].get("PUT records", 0)
             ds_calls = first["ds_api"]["api_calls"]
             result = {
-                "dossiers": args.dossiers, "champs": args.champs,
-                "first_sync_s": round(first_s, 1), "first_ds_calls": ds_calls, "first_grist_put_bodies": puts,
+                "dossiers": args.dossiers,
+                "champs": args.champs,
+                "first_sync_s": round(first_s, 1),
+                "first_ds_calls": ds_calls,
+                "first_grist_put_bodies": puts,
                 "first_rows_written": after_first["rows_written"],
                 "ds_bound_s": round(ds_calls * 60 / 400, 1),  # 400 requests a minute per token
-                "resync_s": round(again_s, 1), "resync_grist_writes": after_again["writes"] - after_first["writes"],
+                "resync_s": round(again_s, 1),
+                "resync_grist_writes": after_again["writes"] - after_first["writes"],
                 "old_resync": old,
-                "first_tasks_s": first["task_s"], "resync_tasks_s": again["task_s"],
+                "first_tasks_s": first["task_s"],
+                "resync_tasks_s": again["task_s"],
             }
             print(json.dumps(result, indent=2))
     finally:

@@ -42,10 +42,15 @@ def build(config: ds_grist.Config):
         tags=["usersync", "ds", "grist"],
         params={
             "full_refresh": Param(False, type="boolean", description="Re-read every dossier and re-write every row."),
-            "dry_run": Param(False, type="boolean", description="Read and compute; write nothing to Grist (nor the "
-                             "mirror)."),
-            "since": Param(None, type=["null", "string"], format="date-time", description="Read the dossiers "
-                           "updated since this time instead of the last successful run's watermark."),
+            "dry_run": Param(
+                False, type="boolean", description="Read and compute; write nothing to Grist (nor the mirror)."
+            ),
+            "since": Param(
+                None,
+                type=["null", "string"],
+                format="date-time",
+                description="Read the dossiers updated since this time instead of the last successful run's watermark.",
+            ),
         },
         template_searchpath=[str(SQL_DIR)],
         user_defined_macros={"schema": config.schema},
@@ -55,8 +60,7 @@ def build(config: ds_grist.Config):
         with TaskGroup("ds"):
             ds_up = dag_parts.api_sensor(config.ds_conn, ds.GRAPHQL_PATH, up=(200, 400, 401, 403, 405))
         with TaskGroup("grist"):
-            grist_up = dag_parts.api_sensor(config.grist_conn, f"api/docs/{config.document}/tables",
-                                            up=(200, 401, 403))
+            grist_up = dag_parts.api_sensor(config.grist_conn, f"api/docs/{config.document}/tables", up=(200, 401, 403))
         create_tables = dag_parts.create_tables(ds_grist.DB_CONN, config.schema, "ds_to_grist", [])
 
         def folder(dag_run):
@@ -76,9 +80,13 @@ def build(config: ds_grist.Config):
                 return {**figures, "columns_added": {}, "grist_api": {}}
             client = GristClient(config.grist_conn, config.document)
             changes = client.ensure_schema(tables)
-            return {**figures, "columns_added": changes.columns_added, "kept_columns": changes.undeclared,
-                    "type_conflicts": {k: list(v) for k, v in changes.type_conflicts.items()},
-                    "grist_api": client.api.stats.as_dict()}
+            return {
+                **figures,
+                "columns_added": changes.columns_added,
+                "kept_columns": changes.undeclared,
+                "type_conflicts": {k: list(v) for k, v in changes.type_conflicts.items()},
+                "grist_api": client.api.stats.as_dict(),
+            }
 
         @task
         def fetch_dossiers(params=None, dag_run=None) -> dict:
@@ -89,22 +97,35 @@ def build(config: ds_grist.Config):
             started = datetime.now(UTC)
             api = ds.client(config.ds_conn)
             paginate = ds.dossiers_paginator(
-                api, config.demarche, states=config.states or None, updated_since=since,
-                created_since=None if since else (config.deposited_from and f"{config.deposited_from}T00:00:00+01:00"),
+                api,
+                config.demarche,
+                states=config.states or None,
+                updated_since=since,
+                # a day early: the range is on the Paris date of dateDepot, filtered exactly in load_mirror
+                created_since=None
+                if since or not config.deposited_from
+                else f"{config.deposited_from - timedelta(days=1)}T00:00:00Z",
                 groupes=set(config.groupes) if config.groupes else None,
             )
             manifest = staging.fetch_to_staging(folder(dag_run) / "dossiers", paginate, ds.first_page(), api)
+            at_fetch_end = api.stats.as_dict()  # the manifest counts the fetch's calls (earlier tries' too)
             deleted = ds.fetch_deleted(api, config.demarche, since)
             groupes = ds.fetch_groupes(api, config.demarche)
             if config.groupes:
                 groupes = [g for g in groupes if g["number"] in config.groupes]
-            staging.write_json(folder(dag_run) / "others.json", {
-                "deleted": [d["number"] for d in deleted], "instructeurs": ds.instructeur_rows(groupes)})
+            staging.write_json(
+                folder(dag_run) / "others.json",
+                {"deleted": [d["number"] for d in deleted], "instructeurs": ds.instructeur_rows(groupes)},
+            )
             stats = api.stats.as_dict()
-            return {"since": since, "watermark": started.isoformat(), "fetched": manifest["records"],
-                    "pages": manifest["pages"], "deleted": len(deleted),
-                    "ds_api": {k: stats[k] + (manifest[k] if k in manifest else 0) for k in ("api_calls", "throttled",
-                                                                                              "retries")}}
+            return {
+                "since": since,
+                "watermark": started.isoformat(),
+                "fetched": manifest["records"],
+                "pages": manifest["pages"],
+                "deleted": len(deleted),
+                "ds_api": {k: manifest[k] + stats[k] - at_fetch_end[k] for k in ("api_calls", "throttled", "retries")},
+            }
 
         @task
         def load_mirror(matched: dict, fetched: dict, params=None, dag_run=None) -> dict:
@@ -143,8 +164,14 @@ def build(config: ds_grist.Config):
                     # A column added to a Grist table holds Grist's default (0, false, "") in the rows already
                     # there: those rows are rewritten once, with the real (empty) values.
                     grown = {name for name, (table, _) in ds_grist.TABLES.items() if table in matched["columns_added"]}
-                    counts = ds_grist.load(cur, mirror, dag_run.run_id, deleted=others["deleted"], refused=refused,
-                                           rewrite=set(mirror) if params["full_refresh"] else grown)
+                    counts = ds_grist.load(
+                        cur,
+                        mirror,
+                        dag_run.run_id,
+                        deleted=others["deleted"],
+                        refused=refused,
+                        rewrite=set(mirror) if params["full_refresh"] else grown,
+                    )
                 if params["dry_run"]:
                     conn.rollback()
                 else:
@@ -178,19 +205,31 @@ def build(config: ds_grist.Config):
                 ds_api[key] = ds_api.get(key, 0) + value
             tables = written["tables"] or {
                 ds_grist.TABLES[k.split(".")[0]][0] + (".removed" if k.endswith("remove") else ".to_write"): n
-                for k, n in loaded["pending"].items()}
+                for k, n in loaded["pending"].items()
+            }
             run = report.build_report(
-                dag_id=dag_run.dag_id, run_id=dag_run.run_id, dry_run=params["dry_run"],
+                dag_id=dag_run.dag_id,
+                run_id=dag_run.run_id,
+                dry_run=params["dry_run"],
                 started_at=dag_run.start_date,
-                mode="full" if fetched["since"] is None else "incremental", since=fetched["since"],
-                fetched=fetched["fetched"], pages=fetched["pages"], selected=loaded["selected"],
-                deleted_in_ds=fetched["deleted"], dossiers_removed=loaded["dossiers_deleted"],
+                mode="full" if fetched["since"] is None else "incremental",
+                since=fetched["since"],
+                fetched=fetched["fetched"],
+                pages=fetched["pages"],
+                selected=loaded["selected"],
+                deleted_in_ds=fetched["deleted"],
+                dossiers_removed=loaded["dossiers_deleted"],
                 quarantined=sum(loaded[t].get("quarantined", 0) for t in ds_grist.TABLES) + written["too_large"],
                 quarantined_dossiers=loaded["quarantined_dossiers"],
-                columns_added=matched["columns_added"], kept_columns=matched.get("kept_columns", {}),
-                grist=tables, ds_api=ds_api, grist_api=grist_api,
-                mirror={t: {k: v for k, v in loaded[t].items() if k in ("inserted", "updated", "unchanged", "removed")}
-                        for t in ds_grist.TABLES},
+                columns_added=matched["columns_added"],
+                kept_columns=matched.get("kept_columns", {}),
+                grist=tables,
+                ds_api=ds_api,
+                grist_api=grist_api,
+                mirror={
+                    t: {k: v for k, v in loaded[t].items() if k in ("inserted", "updated", "unchanged", "removed")}
+                    for t in ds_grist.TABLES
+                },
                 api_calls=ds_api.get("api_calls", 0) + grist_api.get("api_calls", 0),
                 throttled=ds_api.get("throttled", 0) + grist_api.get("throttled", 0),
                 watermark=None if params["dry_run"] else fetched["watermark"],

@@ -47,8 +47,14 @@ def run_dag(dag_id: str, conf: dict | None = None):
 
 
 def conn(url: str, secret: str) -> str:
-    return json.dumps({"conn_type": "http", "host": url, "password": secret,
-                       "extra": {"backoff": "0.05", "max_retries": "6", "timeout": 30}})
+    return json.dumps(
+        {
+            "conn_type": "http",
+            "host": url,
+            "password": secret,
+            "extra": {"backoff": "0.05", "max_retries": "6", "timeout": 30},
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +64,10 @@ def sandboxes(pg, airflow_db, tmp_path_factory):
     os.environ["USERSYNC_DS_TO_GRIST_CONFIG"] = str(config)
     os.environ["AIRFLOW_CONN_DS_TO_GRIST_DB"] = pg.url.replace("postgresql://", "postgres://")
     data = DSData(((DEMARCHE, 150, 40), (SMALL, 40, 12), (BIG, 5000, 6)), seed=5)
-    with serve(ds_app(data, tokens={DEFAULT_TOKEN: TokenRights()}, rate_limit=100_000)) as ds_url, \
-            serve(grist_app()) as grist_url:
+    with (
+        serve(ds_app(data, tokens={DEFAULT_TOKEN: TokenRights()}, rate_limit=100_000)) as ds_url,
+        serve(grist_app()) as grist_url,
+    ):
         os.environ["AIRFLOW_CONN_DS_API"] = conn(ds_url, DEFAULT_TOKEN)
         os.environ["AIRFLOW_CONN_GRIST_API"] = conn(grist_url, DEFAULT_API_KEY)
         yield ds_url, grist_url
@@ -83,8 +91,11 @@ def grist_state(grist_url) -> dict:
 
 
 def grist_records(grist_url, table: str, doc: str = DOC) -> list[dict]:
-    answer = requests.get(f"{grist_url}/api/docs/{doc}/tables/{table}/records", timeout=30,
-                          headers={"Authorization": f"Bearer {DEFAULT_API_KEY}"})
+    answer = requests.get(
+        f"{grist_url}/api/docs/{doc}/tables/{table}/records",
+        timeout=30,
+        headers={"Authorization": f"Bearer {DEFAULT_API_KEY}"},
+    )
     answer.raise_for_status()
     return [r["fields"] for r in answer.json()["records"]]
 
@@ -129,7 +140,8 @@ def test_first_run_mirrors_ds_in_grist_then_a_second_run_writes_nothing(apis, sq
     assert report["grist"]["Dossiers"]["added"] == 150
     assert report["columns_added"]["Champs"]
     assert len(grist_records(grist_url, "Instructeurs")) == len(
-        ds.instructeur_rows(ds.fetch_groupes(ds.client("ds_api"), DEMARCHE)))
+        ds.instructeur_rows(ds.fetch_groupes(ds.client("ds_api"), DEMARCHE))
+    )
     assert sql("SELECT count(*) FROM ds_main.dossiers") == [(150,)]
     assert sql("SELECT status FROM ds_main.sync_runs") == [("success",)]
 
@@ -154,8 +166,9 @@ def test_k_changed_dossiers_rewrite_k_rows_and_deleted_ones_disappear(apis):
     assert report["fetched"] == 5
     assert report["mirror"]["dossiers"]["updated"] + report["mirror"]["champs"]["updated"] >= 5
     written = report["grist"]
-    assert written["Dossiers"]["written"] == 5 and written["Champs"]["written"] + written["Annotations"][
-        "written"] <= 10
+    assert (
+        written["Dossiers"]["written"] == 5 and written["Champs"]["written"] + written["Annotations"]["written"] <= 10
+    )
     assert written["Dossiers"]["added"] == 0
     assert report["dossiers_removed"] == 1 and written["Dossiers"]["removed"] == 1
     assert gone not in {r["number"] for r in grist_records(grist_url, "Dossiers")}
@@ -166,16 +179,21 @@ def test_k_changed_dossiers_rewrite_k_rows_and_deleted_ones_disappear(apis):
 def test_a_new_field_adds_a_column_and_a_hand_added_column_stays(apis):
     ds_url, grist_url = apis
     run_dag("ds_to_grist__main")
-    requests.post(f"{grist_url}/_sandbox/docs/{DOC}/tables/Champs/columns", json={"id": "remarque"},
-                  timeout=10).raise_for_status()
-    descriptor = requests.post(f"{ds_url}/_sandbox/add_field", json={"demarche": DEMARCHE, "type": "decimal_number"},
-                               timeout=10).json()["descriptor"]
+    requests.post(
+        f"{grist_url}/_sandbox/docs/{DOC}/tables/Champs/columns", json={"id": "remarque"}, timeout=10
+    ).raise_for_status()
+    descriptor = requests.post(
+        f"{ds_url}/_sandbox/add_field", json={"demarche": DEMARCHE, "type": "decimal_number"}, timeout=10
+    ).json()["descriptor"]
     run, states = run_dag("ds_to_grist__main")
     assert set(states.values()) == {"success"}, states
     column = ds.column_id(descriptor["id"])
     assert xcom(run, "report_run")["columns_added"] == {"Champs": [column]}
-    columns = requests.get(f"{grist_url}/api/docs/{DOC}/tables/Champs/columns", timeout=10,
-                           headers={"Authorization": f"Bearer {DEFAULT_API_KEY}"}).json()["columns"]
+    columns = requests.get(
+        f"{grist_url}/api/docs/{DOC}/tables/Champs/columns",
+        timeout=10,
+        headers={"Authorization": f"Bearer {DEFAULT_API_KEY}"},
+    ).json()["columns"]
     types = {c["id"]: c["fields"]["type"] for c in columns}
     assert types[column] == "Numeric" and "remarque" in types
     assert_grist_equals_ds(grist_url)
@@ -202,8 +220,11 @@ def test_filters_select_exactly_the_matching_dossiers(apis):
     assert set(states.values()) == {"success"}, states
 
     def keep(d):
-        return (d["state"] in ("en_instruction", "accepte") and d["groupeInstructeur"]["number"] in (1011, 1012)
-                and "2025-03-01" <= d["dateDepot"][:10] <= "2025-09-30")
+        return (
+            d["state"] in ("en_instruction", "accepte")
+            and d["groupeInstructeur"]["number"] in (1011, 1012)
+            and "2025-03-01" <= d["dateDepot"][:10] <= "2025-09-30"
+        )
 
     assert_grist_equals_ds(grist_url, doc="filteredDoc", keep=keep)
     assert 0 < len(grist_records(grist_url, "Dossiers", "filteredDoc")) < 150
@@ -252,8 +273,11 @@ def test_a_5000_row_first_load_stays_under_1_mb_and_10_in_flight(apis):
 
 def test_ds_429s_and_5xx_are_obeyed_and_the_result_equals_the_fault_free_one(apis):
     ds_url, grist_url = apis
-    requests.post(f"{ds_url}/_sandbox/faults", json={"burst_429": 3, "burst_retry_after": 1, "error_rate": 0.2,
-                                                     "seed": 1}, timeout=10).raise_for_status()
+    requests.post(
+        f"{ds_url}/_sandbox/faults",
+        json={"burst_429": 3, "burst_retry_after": 1, "error_rate": 0.2, "seed": 1},
+        timeout=10,
+    ).raise_for_status()
     try:
         run, states = run_dag("ds_to_grist__main")
     finally:
@@ -276,7 +300,8 @@ def test_dry_run_writes_nothing_and_full_refresh_rewrites_every_row(apis, sql):
     run, states = run_dag("ds_to_grist__main", conf={"full_refresh": True})
     assert xcom(run, "report_run")["grist"]["Dossiers"]["updated"] == 150
     assert grist_state(grist_url)["rows_written"] - rows == sum(len(t) for t in expected(DEMARCHE).values()) + len(
-        grist_records(grist_url, "Instructeurs"))
+        grist_records(grist_url, "Instructeurs")
+    )
 
 
 def test_since_overrides_the_watermark(apis):

@@ -273,7 +273,8 @@ def load(
             cur.execute(
                 sql.SQL(
                     "WITH gone AS (DELETE FROM {} WHERE number = ANY(%s) RETURNING {}) INSERT INTO grist_pending "
-                    "(tbl, key, op) SELECT {}, {}, 'remove' FROM gone ON CONFLICT (tbl, key) DO UPDATE SET op = 'remove'"
+                    "(tbl, key, op) SELECT {}, {}, 'remove' FROM gone "
+                    "ON CONFLICT (tbl, key) DO UPDATE SET op = 'remove'"
                 ).format(
                     sql.Identifier(name),
                     sql.SQL(", ").join(map(sql.Identifier, TABLES[name][1])),
