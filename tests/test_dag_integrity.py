@@ -8,18 +8,22 @@ import textwrap
 
 import pytest
 from dagrun import ROOT, dagbag
+from usersync import ds_grist
 
 DAG_FILES = sorted(p for p in (ROOT / "dags").glob("*.py") if not p.name.startswith("_"))
+# Files that generate several DAGs from a configuration file, and those DAGs' ids
+GENERATED = {"ds_to_grist": lambda: [c.dag_id for c in ds_grist.configurations(ds_grist.CONFIG_FILE.read_text())]}
+DAG_IDS = sorted(i for p in DAG_FILES for i in (GENERATED[p.stem]() if p.stem in GENERATED else [p.stem]))
 
 
 def test_dags_import_without_errors(airflow_db):
     assert dagbag().import_errors == {}
-    assert {p.stem for p in DAG_FILES} == set(dagbag().dag_ids)  # one DAG per file, named after it
+    assert set(DAG_IDS) == set(dagbag().dag_ids)  # one DAG per file, named after it (or generated)
 
 
-@pytest.mark.parametrize("dag_file", DAG_FILES, ids=lambda p: p.stem)
-def test_dag_settings(airflow_db, dag_file):
-    dag = dagbag().get_dag(dag_file.stem)
+@pytest.mark.parametrize("dag_id", DAG_IDS)
+def test_dag_settings(airflow_db, dag_id):
+    dag = dagbag().get_dag(dag_id)
     assert "usersync" in dag.tags
     assert dag.max_active_runs == 1
     assert dag.doc_md

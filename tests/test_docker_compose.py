@@ -153,6 +153,9 @@ def test_airflow_services_mount_staging_volume() -> None:
         "AIRFLOW_CONN_PORTAILDF_DB",
         "AIRFLOW_CONN_GAZELLE_API",
         "AIRFLOW_CONN_GAZELLE_DB",
+        "AIRFLOW_CONN_DS_API",
+        "AIRFLOW_CONN_GRIST_API",
+        "AIRFLOW_CONN_DS_TO_GRIST_DB",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
         "AIRFLOW__CELERY__BROKER_URL",
         "AIRFLOW__API_AUTH__JWT_SECRET",
@@ -185,7 +188,13 @@ def test_default_connections_point_at_sandbox_and_target_db() -> None:
                                                           portaildf_sandbox.DEFAULT_PASSWORD)
     assert (gazelle["login"], gazelle["password"], gazelle["extra"]["refresh_token"]) == (
         gazelle_sandbox.DEFAULT_CLIENT_ID, gazelle_sandbox.DEFAULT_CLIENT_SECRET, gazelle_sandbox.DEFAULT_REFRESH_TOKEN)
-    for name in ("PORTAILDF", "GAZELLE"):
+    from sandbox import ds as ds_sandbox
+    from sandbox import grist as grist_sandbox
+
+    ds, grist = json.loads(env["AIRFLOW_CONN_DS_API"]), json.loads(env["AIRFLOW_CONN_GRIST_API"])
+    assert (ds["host"], ds["password"]) == ("http://sandbox:8046", ds_sandbox.DEFAULT_TOKEN)
+    assert (grist["host"], grist["password"]) == ("http://sandbox:8484", grist_sandbox.DEFAULT_API_KEY)
+    for name in ("PORTAILDF", "GAZELLE", "DS_TO_GRIST"):
         assert env[f"AIRFLOW_CONN_{name}_DB"] == "postgresql://usersync:usersync@target-db:5432/usersync"
 
 
@@ -218,7 +227,7 @@ def test_sandbox_service_runs_the_sandbox_with_healthcheck() -> None:
     if isinstance(command, str):
         command = command.split()
     assert "python -m sandbox all --host 0.0.0.0" in " ".join(command)
-    assert {str(port) for port in sandbox.get("expose", [])} == {"8042", "8043", "8044"}
+    assert {str(port) for port in sandbox.get("expose", [])} == {"8042", "8043", "8044", "8046", "8484"}
     assert sandbox.get("healthcheck", {}).get("test"), "sandbox has no healthcheck"
     assert sandbox.get("image") == _services()["airflow-worker"].get("image")
 

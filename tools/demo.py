@@ -24,7 +24,7 @@ from pathlib import Path
 
 import requests
 
-from sandbox import gazelle, portaildf
+from sandbox import ds, gazelle, grist, portaildf
 from tools.airflow_env import airflow_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +56,12 @@ def demo_env(db_url: str, urls: dict[str, str], rate_per_second: int, gazelle_gr
             "conn_type": "http", "host": urls["gazelle"], "login": gazelle.DEFAULT_CLIENT_ID,
             "password": gazelle.DEFAULT_CLIENT_SECRET, "extra": {"refresh_token": gazelle_grant, "rate_limit": "20/s"},
         }),
+        # ds_to_grist: the configurations of dags/ds_to_grist.yaml name these connections
+        "AIRFLOW_CONN_DS_TO_GRIST_DB": db_url,
+        "AIRFLOW_CONN_DS_API": json.dumps({"conn_type": "http", "host": urls["ds"], "password": ds.DEFAULT_TOKEN,
+                                           "extra": {"rate_limit": "400/m"}}),
+        "AIRFLOW_CONN_GRIST_API": json.dumps({"conn_type": "http", "host": urls["grist"],
+                                              "password": grist.DEFAULT_API_KEY}),
     }
 
 
@@ -111,8 +117,13 @@ def airflow(env: dict[str, str], *args: str, log: Path | None = None) -> int:
 
 
 def dag_ids() -> list[str]:
-    """Each DAG file's dag_id, read from the file name (one DAG per file, named after it)."""
-    return sorted(p.stem for p in (ROOT / "dags").glob("*.py") if not p.name.startswith("_"))
+    """Each DAG file's dag_id, read from the file name (one DAG per file, named after it), and the DAGs
+    dags/ds_to_grist.py generates, one per configuration of dags/ds_to_grist.yaml."""
+    from usersync import ds_grist
+
+    files = sorted(p.stem for p in (ROOT / "dags").glob("*.py") if not p.name.startswith("_"))
+    generated = [c.dag_id for c in ds_grist.configurations(ds_grist.CONFIG_FILE.read_text())]
+    return [name for name in files if name != "ds_to_grist"] + generated
 
 
 def latest_report(db_url: str, dag_id: str) -> dict | None:
@@ -171,12 +182,17 @@ def main() -> int:
                 "--client-id", SANDBOX_CLIENT_ID, "--client-secret", SANDBOX_SECRET) as intra42_url,
         sandbox("portaildf", free_port(), "--users", str(args.portaildf_users), "--per-second", "50") as portaildf_url,
         sandbox("gazelle", free_port(), "--refresh-token", gazelle_grant, "--per-second", "20") as gazelle_url,
+        sandbox("ds", free_port()) as ds_url,
+        sandbox("grist", free_port()) as grist_url,
     ):
-        urls = {"intra42": intra42_url, "portaildf": portaildf_url, "gazelle": gazelle_url}
+        urls = {"intra42": intra42_url, "portaildf": portaildf_url, "gazelle": gazelle_url, "ds": ds_url,
+                "grist": grist_url}
         env = demo_env(db_url, urls, args.rate, gazelle_grant)
         print(f"== Postgres {db_url}\n== 42 sandbox {intra42_url} ({args.students:,} students, {args.rate} req/s)")
         print(f"== Portail DF sandbox {portaildf_url} ({args.portaildf_users:,} users, 50 req/s)")
         print(f"== Gazelle sandbox {gazelle_url} (850 clients, 20 req/s)")
+        print(f"== Démarches Simplifiées sandbox {ds_url} (démarches 101, 102); Grist sandbox {grist_url} "
+              "(ds_to_grist: two configurations sharing one document, dags/ds_to_grist.yaml)")
         added = seed_portaildf_users(db_url.replace("postgres://", "postgresql://"), "portaildf",
                                      portaildf.PortailDFData(args.portaildf_users).app_users())
         print(f"== the housing platform's portaildf.users table: {added:,} users added", flush=True)
