@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 from usersync import dag_parts, intra42, load, report, staging
 from usersync.db import SQL_DIR, TargetDb
+from usersync.entities import INTRA42_USERS as USERS
 from usersync.window import choose_window
 
 API_CONN, DB_CONN, SCHEMA = "intra42_api", "intra42_db", "intra42"
@@ -61,10 +62,7 @@ def intra42_users():
     api_available = dag_parts.api_sensor(API_CONN, "oauth/token", method="POST", send_login=True,
                                          request_params={"grant_type": "client_credentials"})
 
-    create_tables = dag_parts.create_tables(DB_CONN, SCHEMA, "intra42", [
-        "create_users", "create_users_login_idx", "create_users_email_idx", "create_users_updated_at_idx",
-        "create_users_delta",
-    ])
+    create_tables = dag_parts.create_tables(DB_CONN, SCHEMA, "intra42", entities=[USERS])
 
     @task
     def choose_what_to_fetch(params=None, dag_run=None, data_interval_start=None, data_interval_end=None):
@@ -89,13 +87,13 @@ def intra42_users():
 
     @task
     def stage_users(fetched: dict, dag_run=None) -> dict:
-        return load.stage(db, "users", fetched["prefix"], dag_run.run_id)
+        return load.stage(db, USERS, fetched["prefix"], dag_run.run_id)
 
     @task(outlets=[dag_parts.table_asset(db, "users")])
     def upsert_users(window: dict, fetched: dict, staged: dict, params=None, dag_run=None) -> dict:
         # Only a run that read everything since the last watermark may move it, up to what it read up to.
         upto = window.get("updated_to") or datetime.fromtimestamp(fetched["fetch_epoch"], UTC)
-        return load.upsert(db, "users", run_id=dag_run.run_id, full_refresh=window["mode"] == "full",
+        return load.upsert(db, USERS, run_id=dag_run.run_id, full_refresh=window["mode"] == "full",
                            max_delete_share=params["max_delete_share"], dry_run=params["dry_run"],
                            fetch_started=fetched["fetch_epoch"], watermark_upto=upto,
                            moves_watermark=window["mode"] != "interval" and not params["dry_run"])
