@@ -73,7 +73,7 @@ def test_create_tables_migrates_an_old_sync_runs_and_keeps_one_row_per_run(db, s
         (
             "failed",
             [
-                {"task": "fetch_users", "error": "fetch_students broke"},
+                {"task": "fetch_users", "error": "fetch_users broke"},
                 {"task": "upsert_users", "error": "upsert_users broke"},
             ],
         )
