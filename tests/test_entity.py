@@ -415,7 +415,8 @@ def test_upsert_writes_only_the_rows_that_changed(db):
     assert dict(db.rows("SELECT id, xmin::text FROM users")) == before
 
     records[4] = student(5, location="c1r1s1")
-    assert db.load(INTRA42_USERS, [*records, student(99)])[1] == {"inserted": 1, "updated": 1, "unchanged": 49, "stale": 0}
+    written = db.load(INTRA42_USERS, [*records, student(99)])[1]
+    assert written == {"inserted": 1, "updated": 1, "unchanged": 49, "stale": 0}
     after = dict(db.rows("SELECT id, xmin::text FROM users"))
     assert {i for i in before if after[i] != before[i]} == {5}
 

@@ -11,8 +11,9 @@ from usersync.entity import Column, Entity
 
 db = TargetDb("test_db", "test", sync="test")
 CLIENTS = Entity("clients", key="id", columns=[Column("id", required=True)])
-PIANOS = Entity("pianos", key="id", columns=[Column("id", required=True), Column("client_id")],
-                references={"client_id": "clients"})
+PIANOS = Entity(
+    "pianos", key="id", columns=[Column("id", required=True), Column("client_id")], references={"client_id": "clients"}
+)
 
 
 def fetch_nothing(entity, window, prefix, params):
@@ -23,9 +24,17 @@ def fetch_nothing(entity, window, prefix, params):
 def dag(airflow_db):
     from airflow.sdk import DAG, task
 
-    with DAG("pipeline_test", schedule=None, **{k: v for k, v in pipeline.dag_args(
-            "pipeline_test", db=db, description="test", schedule=None, doc="test", full_refresh="all").items()
-            if k not in ("dag_id", "schedule")}) as built:
+    with DAG(
+        "pipeline_test",
+        schedule=None,
+        **{
+            k: v
+            for k, v in pipeline.dag_args(
+                "pipeline_test", db=db, description="test", schedule=None, doc="test", full_refresh="all"
+            ).items()
+            if k not in ("dag_id", "schedule")
+        },
+    ) as built:
 
         @task
         def window() -> dict:
@@ -60,10 +69,15 @@ def test_the_header_declares_the_common_params_and_the_sync_tags(dag):
 FETCHED = {"fetch_epoch": datetime(2026, 3, 1, 12, tzinfo=UTC).timestamp()}
 
 
-@pytest.mark.parametrize(("mode", "dry_run", "full", "moves"), [
-    ("full", False, True, True), ("incremental", False, False, True), ("interval", False, False, False),
-    ("full", True, True, False),
-])
+@pytest.mark.parametrize(
+    ("mode", "dry_run", "full", "moves"),
+    [
+        ("full", False, True, True),
+        ("incremental", False, False, True),
+        ("interval", False, False, False),
+        ("full", True, True, False),
+    ],
+)
 def test_only_a_run_that_read_everything_since_the_last_watermark_moves_it(mode, dry_run, full, moves):
     run = pipeline.run_of({"mode": mode}, FETCHED, {"dry_run": dry_run}, "r")
     assert (run.full_refresh, run.moves_watermark, run.dry_run) == (full, moves, dry_run)

@@ -19,8 +19,10 @@ def db(fresh_schema):
 
 def stage(db, tmp_path, run_id, ids):
     (tmp_path / run_id).mkdir()
-    lines = "".join(json.dumps({"id": i, "login": f"l{i}", "email": f"l{i}@x.fr",
-                                "updated_at": "2026-01-01T00:00:00Z"}) + "\n" for i in ids)
+    lines = "".join(
+        json.dumps({"id": i, "login": f"l{i}", "email": f"l{i}@x.fr", "updated_at": "2026-01-01T00:00:00Z"}) + "\n"
+        for i in ids
+    )
     (tmp_path / run_id / "page-000001.ndjson").write_text(lines)
     return load.stage(db, INTRA42_USERS, f"file://{tmp_path / run_id}", run_id)
 
@@ -40,10 +42,14 @@ def test_the_postgres_sink_writes_the_delta_and_applies_the_deletion_policy(db, 
 
 
 def test_bookkeeping_may_live_in_another_schema_than_the_target(db, sql):
-    sql("DROP SCHEMA IF EXISTS books CASCADE; CREATE SCHEMA books; CREATE TABLE books.sync_runs "
-        "(LIKE intra42.sync_runs INCLUDING ALL)")
-    sql("INSERT INTO books.sync_runs (dag_id, run_id, mode, dry_run, started_at, watermark) "
-        "VALUES ('d', 'r', 'full', false, '2026-01-01T00:00:00Z', '2026-01-01T06:00:00Z')")
+    sql(
+        "DROP SCHEMA IF EXISTS books CASCADE; CREATE SCHEMA books; CREATE TABLE books.sync_runs "
+        "(LIKE intra42.sync_runs INCLUDING ALL)"
+    )
+    sql(
+        "INSERT INTO books.sync_runs (dag_id, run_id, mode, dry_run, started_at, watermark) "
+        "VALUES ('d', 'r', 'full', false, '2026-01-01T00:00:00Z', '2026-01-01T06:00:00Z')"
+    )
 
     last = Bookkeeping("intra42_db", "books").last_watermark("d")
 

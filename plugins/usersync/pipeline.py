@@ -29,8 +29,16 @@ FULL_REFRESH = "Fetch everything, not only the changes; rows the source no longe
 
 
 def dag_args(
-    dag_id: str, *, db: TargetDb, description: str, schedule: Any, doc: str, tags: Sequence[str] = (),
-    params: dict[str, Param] | None = None, dry_run: str = DRY_RUN, full_refresh: str | None = None,
+    dag_id: str,
+    *,
+    db: TargetDb,
+    description: str,
+    schedule: Any,
+    doc: str,
+    tags: Sequence[str] = (),
+    params: dict[str, Param] | None = None,
+    dry_run: str = DRY_RUN,
+    full_refresh: str | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """The keyword arguments of @dag: one run at a time, no catchup, `dry_run` (and `full_refresh` when the sync
@@ -39,10 +47,18 @@ def dag_args(
     if full_refresh is not None:
         common = {"full_refresh": Param(False, type="boolean", description=full_refresh), **common}
     return {
-        "dag_id": dag_id, "description": description, "schedule": schedule, "start_date": START,
-        "catchup": False, "max_active_runs": 1, "default_args": dag_parts.default_args(db),
-        "tags": ["usersync", db.sync, *tags], "params": {**common, **(params or {})},
-        "template_searchpath": [str(SQL_DIR)], "user_defined_macros": {"schema": db.schema}, "doc_md": doc,
+        "dag_id": dag_id,
+        "description": description,
+        "schedule": schedule,
+        "start_date": START,
+        "catchup": False,
+        "max_active_runs": 1,
+        "default_args": dag_parts.default_args(db),
+        "tags": ["usersync", db.sync, *tags],
+        "params": {**common, **(params or {})},
+        "template_searchpath": [str(SQL_DIR)],
+        "user_defined_macros": {"schema": db.schema},
+        "doc_md": doc,
         **overrides,
     }
 
@@ -66,10 +82,15 @@ def choose_what_to_fetch(books: Bookkeeping | TargetDb):
         overlap = params.get("overlap_minutes", OVERLAP.total_seconds() / 60)
         reconcile = params.get("reconcile_every_hours", RECONCILE_EVERY.total_seconds() / 3600)
         return choose_window(
-            full_refresh=params.get("full_refresh", False), interval_only=params.get("interval_only", False),
-            run_type=dag_run.run_type, interval_start=data_interval_start, interval_end=data_interval_end,
-            watermark=last["watermark"], last_full=last["last_full"],
-            reconcile_every=timedelta(hours=reconcile) or None, overlap=timedelta(minutes=overlap),
+            full_refresh=params.get("full_refresh", False),
+            interval_only=params.get("interval_only", False),
+            run_type=dag_run.run_type,
+            interval_start=data_interval_start,
+            interval_end=data_interval_end,
+            watermark=last["watermark"],
+            last_full=last["last_full"],
+            reconcile_every=timedelta(hours=reconcile) or None,
+            overlap=timedelta(minutes=overlap),
         )
 
     return choose()
@@ -80,8 +101,9 @@ def choose_what_to_fetch(books: Bookkeeping | TargetDb):
 Fetch = Callable[[Entity, dict[str, Any], Any, dict[str, Any]], dict[str, Any]]
 
 
-def load_entities(db: TargetDb, entities: Iterable[Entity], fetch: Fetch, window: Any,
-                  sink: Sink | None = None) -> dict[str, dict[str, Any]]:
+def load_entities(
+    db: TargetDb, entities: Iterable[Entity], fetch: Fetch, window: Any, sink: Sink | None = None
+) -> dict[str, dict[str, Any]]:
     """The fetch -> stage -> upsert tasks of every entity; returns {entity: {"fetched", "staged", "written"}}
     (the tasks' results, for the report). `window`: the run's choice (usersync.window.choose_window), which
     says what to fetch, whether the write applies the deletion policy and may move the watermark. Records are
@@ -132,7 +154,12 @@ def run_of(window: dict, fetched: dict, params: dict, run_id: str) -> Run:
     """The watermark rules in one place: only a run that read everything since the last watermark (not an
     interval run, not a dry run) may move it, and only up to what it read up to; a full read applies the
     entity's deletion policy to what the source no longer returns."""
-    return Run(run_id=run_id, full_refresh=window["mode"] == "full", dry_run=params["dry_run"],
-               max_delete_share=params.get("max_delete_share", 0.10), fetch_started=fetched["fetch_epoch"],
-               watermark_upto=window.get("updated_to") or datetime.fromtimestamp(fetched["fetch_epoch"], UTC),
-               moves_watermark=window["mode"] != "interval" and not params["dry_run"])
+    return Run(
+        run_id=run_id,
+        full_refresh=window["mode"] == "full",
+        dry_run=params["dry_run"],
+        max_delete_share=params.get("max_delete_share", 0.10),
+        fetch_started=fetched["fetch_epoch"],
+        watermark_upto=window.get("updated_to") or datetime.fromtimestamp(fetched["fetch_epoch"], UTC),
+        moves_watermark=window["mode"] != "interval" and not params["dry_run"],
+    )

@@ -46,10 +46,18 @@ class PostgresSink:
         self.db = db
 
     def write(self, entity: Entity, run: Run) -> dict[str, Any]:
-        return load.upsert(self.db, entity, run_id=run.run_id, full_refresh=run.full_refresh,
-                           max_delete_share=run.max_delete_share, dry_run=run.dry_run, scope=run.scope,
-                           fetch_started=run.fetch_started, moves_watermark=run.moves_watermark,
-                           watermark_upto=run.watermark_upto)
+        return load.upsert(
+            self.db,
+            entity,
+            run_id=run.run_id,
+            full_refresh=run.full_refresh,
+            max_delete_share=run.max_delete_share,
+            dry_run=run.dry_run,
+            scope=run.scope,
+            fetch_started=run.fetch_started,
+            moves_watermark=run.moves_watermark,
+            watermark_upto=run.watermark_upto,
+        )
 
 
 class Bookkeeping(TargetDb):
