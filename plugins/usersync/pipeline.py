@@ -25,7 +25,6 @@ from usersync.window import OVERLAP, RECONCILE_EVERY, choose_window
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 DRY_RUN = "Fetch and stage, report what would change, write nothing."
-FULL_REFRESH = "Fetch everything, not only the changes; rows the source no longer returns get the deletion policy."
 
 
 def dag_args(
