@@ -11,6 +11,7 @@ not Postgres.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -46,18 +47,7 @@ class PostgresSink:
         self.db = db
 
     def write(self, entity: Entity, run: Run) -> dict[str, Any]:
-        return load.upsert(
-            self.db,
-            entity,
-            run_id=run.run_id,
-            full_refresh=run.full_refresh,
-            max_delete_share=run.max_delete_share,
-            dry_run=run.dry_run,
-            scope=run.scope,
-            fetch_started=run.fetch_started,
-            moves_watermark=run.moves_watermark,
-            watermark_upto=run.watermark_upto,
-        )
+        return load.upsert(self.db, entity, **dataclasses.asdict(run))  # Run names upsert's arguments
 
 
 class Bookkeeping(TargetDb):
