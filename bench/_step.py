@@ -20,25 +20,26 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def import_modules() -> tuple[Any, Any]:
+def import_modules() -> tuple[Any, Any, Any]:
     """What a stage/upsert task imports: usersync.load (Airflow's ObjectStoragePath, psycopg) and TargetDb."""
     for path in (str(ROOT / "plugins"), str(ROOT)):
         if path not in sys.path:
             sys.path.insert(0, path)
     from usersync import load
     from usersync.db import TargetDb
+    from usersync.entities import INTRA42_USERS
 
-    return load, TargetDb
+    return load, TargetDb, INTRA42_USERS
 
 
 def timed_load(prefix: str, run_id: str) -> dict[str, Any]:
     """One stage + upsert exactly as the DAG's two tasks do it; wall time of each."""
-    load, TargetDb = import_modules()
+    load, TargetDb, users = import_modules()
     db = TargetDb("intra42_db", "intra42", sync="intra42")
     started = time.perf_counter()
-    staged = load.stage(db, "users", prefix, run_id)
+    staged = load.stage(db, users, prefix, run_id)
     staged_at = time.perf_counter()
-    written = load.upsert(db, "users", run_id=run_id)
+    written = load.upsert(db, users, run_id=run_id)
     done = time.perf_counter()
     written["watermark"] = str(written.get("watermark"))
     return {"stage_s": staged_at - started, "upsert_s": done - staged_at, "staged": staged,

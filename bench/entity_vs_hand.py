@@ -28,6 +28,7 @@ from tools.embedded_pg import running  # noqa: E402
 
 REPEATS = 7
 SQL = ROOT / "include" / "sql"
+HAND = ROOT / "tests" / "reference_sql"  # the hand-written SQL the declaration replaced
 RUN = "bench"
 
 
@@ -47,8 +48,9 @@ def setup(url: str, schema: str) -> None:
     with psycopg.connect(url, autocommit=True, options=f"-c search_path={schema}") as conn:
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
         conn.execute((SQL / "common" / "create_quarantine.sql").read_text())
+        conn.execute((SQL / "common" / "create_timestamp_problem.sql").read_text())
         if schema == "hand":
-            for path in sorted((SQL / "intra42").glob("create_*.sql")):
+            for path in sorted((HAND / "intra42").glob("create_*.sql")):
                 conn.execute(path.read_text())
             conn.execute(
                 "CREATE UNLOGGED TABLE users_raw (seq bigint GENERATED ALWAYS AS IDENTITY, record jsonb NOT NULL)"
@@ -62,8 +64,8 @@ def load(url: str, schema: str, lines: list[str]) -> dict[str, float]:
     """One stage + upsert; the seconds of each statement, and the figures they returned."""
     if schema == "hand":
         stage, upsert = (
-            (SQL / "intra42" / "stage_users.sql").read_text(),
-            (SQL / "intra42" / "upsert_users.sql").read_text(),
+            (HAND / "intra42" / "stage_users.sql").read_text(),
+            (HAND / "intra42" / "upsert_users.sql").read_text(),
         )
     else:
         stage, upsert = stage_sql(INTRA42_USERS, RUN), upsert_sql(INTRA42_USERS)

@@ -93,17 +93,18 @@ def write_students(directory: Path, students: int) -> tuple[str, int, float]:
 
 def create_tables(url: str) -> None:
     """Schema intra42 and its tables, as the DAG's create_tables task makes them; plus the floor's table."""
-    files = ["common/create_schema.sql", "common/create_sync_runs.sql", "common/create_sync_runs_columns.sql",
-             "common/create_sync_runs_index.sql", "common/create_sync_runs_dedup.sql",
-             "common/create_sync_runs_run_idx.sql", "common/create_quarantine.sql",
-             "common/create_quarantine_index.sql",
-             "intra42/create_users.sql", "intra42/create_users_login_idx.sql",
-             "intra42/create_users_email_idx.sql", "intra42/create_users_updated_at_idx.sql",
-             "intra42/create_users_delta.sql"]
+    from usersync.entities import INTRA42_USERS
+    from usersync.entity import create_sql
+
+    files = ["create_schema", "create_sync_runs", "create_sync_runs_columns", "create_sync_runs_index",
+             "create_sync_runs_dedup", "create_sync_runs_run_idx", "create_quarantine", "create_quarantine_index",
+             "create_staged_deltas", "create_json_refusal", "create_timestamp_problem"]
     with psycopg.connect(url, autocommit=True) as conn:
         for name in files:
-            text = (ROOT / "include" / "sql" / name).read_text().replace("{{ schema }}", "intra42")
+            text = (ROOT / "include" / "sql" / "common" / f"{name}.sql").read_text().replace("{{ schema }}", "intra42")
             conn.execute(f"SET search_path TO intra42; {text}")
+        for statement in create_sql(INTRA42_USERS):
+            conn.execute(sql.SQL("SET search_path TO intra42; {}").format(statement))
         conn.execute("CREATE SCHEMA bench")
         conn.execute("CREATE UNLOGGED TABLE bench.floor_raw (record jsonb NOT NULL)")
 

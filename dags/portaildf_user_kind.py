@@ -22,29 +22,21 @@ Connections: `portaildf_api` (http: host, login/password, extra `api_version` "1
 from __future__ import annotations
 
 import functools
-from datetime import UTC, datetime
 
 from airflow.sdk import CronTriggerTimetable, ObjectStoragePath, Param, dag, task
-from usersync import dag_parts, load, portaildf, report, staging
+from usersync import dag_parts, load, pipeline, portaildf, report, staging
 from usersync.api import AuthError
-from usersync.db import SQL_DIR, TargetDb
+from usersync.db import TargetDb
 
 API_CONN, DB_CONN, SCHEMA = "portaildf_api", "portaildf_db", "portaildf"
 db = TargetDb(DB_CONN, SCHEMA, sync="portaildf")
 
 
-@dag(
-    dag_id="portaildf_user_kind",
-    description="Cerema Portail DF directory -> portaildf.users.kind",
-    schedule=CronTriggerTimetable("0 3 * * *", timezone="UTC"),
-    start_date=datetime(2026, 1, 1, tzinfo=UTC),
-    catchup=False,
-    max_active_runs=1,
-    default_args=dag_parts.default_args(db),
-    tags=["usersync", "portaildf", "users"],
+@dag(**pipeline.dag_args(
+    "portaildf_user_kind", db=db, description="Cerema Portail DF directory -> portaildf.users.kind",
+    schedule=CronTriggerTimetable("0 3 * * *", timezone="UTC"), doc=__doc__, tags=["users"],
+    dry_run="Look everyone up and report the kind changes (old kind -> new kind) without writing them.",
     params={
-        "dry_run": Param(False, type="boolean", description="Look everyone up and report the kind changes "
-                         "(old kind -> new kind) without writing them."),
         "limit": Param(None, type=["null", "integer"], minimum=1, description="Check at most this many users "
                        "(in id order). Empty: all of them."),
         "batch_size": Param(1000, type="integer", minimum=1, maximum=100_000, description="Users per lookup "
@@ -53,16 +45,10 @@ db = TargetDb(DB_CONN, SCHEMA, sync="portaildf")
                              "chunk. The connection's rate_limit caps them all together."),
         "only_missing": Param(False, type="boolean", description="Check only the users whose kind is empty."),
     },
-    template_searchpath=[str(SQL_DIR)],
-    user_defined_macros={"schema": SCHEMA},
-    doc_md=__doc__,
-)
+))
 def portaildf_user_kind():
     # Without a token the API answers 401: it is up (the lookups check the credentials).
     api_available = dag_parts.api_sensor(API_CONN, "api/utilisateurs", up=(200, 401, 403))
-
-    create_tables = dag_parts.create_tables(DB_CONN, SCHEMA, "portaildf",
-                                            ["check_users_table", "create_users_delta"])
 
     @task
     def select_users(params=None, dag_run=None) -> list[str]:
@@ -119,8 +105,8 @@ def portaildf_user_kind():
         return report.publish(db, run)
 
     chunks = select_users()
-    [api_available, create_tables] >> chunks
-    dag_parts.check_params() >> [api_available, create_tables]
+    # The application owns `users`: this sync checks it and makes only its own users_delta.
+    pipeline.preflight(db, api_available, statements=["check_users_table", "create_users_delta"]) >> chunks
     looked_up = look_up_chunk.expand(chunk=chunks)
     staged = stage_answers(looked_up)
     written = update_kinds(staged)

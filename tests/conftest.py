@@ -100,12 +100,12 @@ def intra42_sandbox():
         yield Sandbox(url, app)
 
 
-def intra42_conn(url: str, rate_limit: str) -> str:
+def intra42_conn(url: str, rate_limit: str, max_retries: str = "6") -> str:
     """AIRFLOW_CONN_INTRA42_API for a sandbox; short backoffs keep fault tests quick."""
     return json.dumps({
         "conn_type": "http", "host": url, "login": CLIENT_ID, "password": CLIENT_SECRET,
         # Strings, as the Airflow UI stores them (HttpHook also sends extras as request headers).
-        "extra": {"rate_limit": rate_limit, "backoff": "0.05", "max_retries": "6", "timeout": 10},
+        "extra": {"rate_limit": rate_limit, "backoff": "0.05", "max_retries": max_retries, "timeout": 10},
     })
 
 

@@ -22,8 +22,9 @@ def get_dag(dag_id: str):
     return dag
 
 
-def run_dag(dag_id: str, conf: dict | None = None, logical_date=None, retry_delay=timedelta(0)):
-    """One dag.test() run; task retries wait `retry_delay` instead of minutes. Returns (run, {task_id: state}).
+def run_dag(dag_id: str, conf: dict | None = None, logical_date=None, retry_delay=timedelta(0), retries=None):
+    """One dag.test() run; task retries wait `retry_delay` instead of minutes, and are `retries` when given
+    (a run against an API that always fails). Returns (run, {task_id: state}).
 
     Parses the DAG afresh: in-process, a run's conf is merged into the Param objects its DAG shares.
     """
@@ -33,6 +34,8 @@ def run_dag(dag_id: str, conf: dict | None = None, logical_date=None, retry_dela
     for task in dag.tasks:
         task.retry_delay = retry_delay
         task.max_retry_delay = retry_delay
+        if retries is not None:
+            task.retries = retries
     kwargs = {"run_conf": conf or {}}
     if logical_date is not None:
         kwargs["logical_date"] = logical_date

@@ -147,7 +147,7 @@ def test_bad_credentials_fail_an_intra42_run_after_one_login_attempt(intra42_san
     monkeypatch.setenv("AIRFLOW_CONN_INTRA42_API", json.dumps({**conn, "password": "wrong"}))
     intra42_sandbox.control("reset")
     run, states = run_dag("intra42_users")
-    assert states["api_available"] == "failed" and states["fetch_students"] == "upstream_failed", states
+    assert states["api_available"] == "failed" and states["fetch_users"] == "upstream_failed", states
     sensor = next(ti for ti in run.get_task_instances() if ti.task_id == "api_available")
     assert sensor.try_number == 1
     assert intra42_sandbox.state()["stats"]["paths"]["/oauth/token"] == 1

@@ -57,7 +57,7 @@ def test_create_tables_migrates_an_old_sync_runs_and_keeps_one_row_per_run(db, s
     assert db.query("last_watermark", {"dag_id": "intra42_users"})["watermark"].date().isoformat() == "2026-01-03"
 
     # A run that fails twice (a cleared task failing again), then succeeds: one row, every error kept.
-    for task in ("fetch_students", "upsert_users"):
+    for task in ("fetch_users", "upsert_users"):
         error = {"task": task, "error": f"{task} broke"}
         db.query(
             "record_failure",
@@ -73,7 +73,7 @@ def test_create_tables_migrates_an_old_sync_runs_and_keeps_one_row_per_run(db, s
         (
             "failed",
             [
-                {"task": "fetch_students", "error": "fetch_students broke"},
+                {"task": "fetch_users", "error": "fetch_users broke"},
                 {"task": "upsert_users", "error": "upsert_users broke"},
             ],
         )

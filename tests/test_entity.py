@@ -16,6 +16,7 @@ from usersync.entity import Column, Entity, create_sql, delete_sql, load_order, 
 RUN = "manual__entity"
 SCHEMA = "entity_test"
 SQL_DIR = ROOT / "include" / "sql"
+HAND_SQL = ROOT / "tests" / "reference_sql"  # the hand-written SQL the declarations replaced
 
 
 class Db:
@@ -69,6 +70,7 @@ def make_schema(url: str, schema: str) -> Db:
         conn.execute(q.SQL("DROP SCHEMA IF EXISTS {0} CASCADE; CREATE SCHEMA {0}").format(q.Identifier(schema)))
     db = Db(url, schema)
     db.run((SQL_DIR / "common" / "create_quarantine.sql").read_text())
+    db.run((SQL_DIR / "common" / "create_timestamp_problem.sql").read_text())
     return db
 
 
@@ -162,7 +164,7 @@ def test_generated_ddl_creates_the_table_its_delta_raw_and_indexes(db):
 
 def test_intra42_declaration_creates_the_same_table_as_the_hand_written_sql(pg):
     hand, generated = make_schema(pg.url, "entity_hand"), make_schema(pg.url, "entity_generated")
-    for path in sorted((SQL_DIR / "intra42").glob("create_*.sql")):
+    for path in sorted((HAND_SQL / "intra42").glob("create_*.sql")):
         hand.run(path.read_text())
     generated.create(INTRA42_USERS)
 
@@ -220,7 +222,7 @@ def test_intra42_declaration_stages_like_stage_users_sql(pg):
         db.create(INTRA42_USERS)
     hand.land(INTRA42_USERS, records)
     hand_counts = hand.run(
-        (SQL_DIR / "intra42" / "stage_users.sql").read_text(), params={"run_id": RUN, "entity": "users"}
+        (HAND_SQL / "intra42" / "stage_users.sql").read_text(), params={"run_id": RUN, "entity": "users"}
     )
 
     assert (
@@ -234,6 +236,8 @@ def test_intra42_declaration_stages_like_stage_users_sql(pg):
     assert generated.rows(quarantine) == hand.rows(quarantine)
 
 
+@pytest.mark.xfail(strict=True, reason="portaildf's stage_users.sql now takes the email from the application's "
+                   "users (answers carry none): the declaration no longer fits, so Portail DF keeps its stage file")
 def test_portaildf_lookups_stage_like_stage_users_sql(pg):
     def answer(n: int, outcome: str = "found", **record) -> dict:
         found = {"id_user": n, "exterieur": n % 2 == 0, "gestionnaire": n % 3 == 0, **record}
@@ -404,14 +408,15 @@ def test_the_last_record_per_key_wins(db):
 def test_upsert_writes_only_the_rows_that_changed(db):
     db.create(INTRA42_USERS)
     records = [student(i) for i in range(1, 51)]
-    assert db.load(INTRA42_USERS, records)[1] == {"inserted": 50, "updated": 0, "unchanged": 0}
+    assert db.load(INTRA42_USERS, records)[1] == {"inserted": 50, "updated": 0, "unchanged": 0, "stale": 0}
     before = dict(db.rows("SELECT id, xmin::text FROM users"))
 
-    assert db.load(INTRA42_USERS, records)[1] == {"inserted": 0, "updated": 0, "unchanged": 50}
+    assert db.load(INTRA42_USERS, records)[1] == {"inserted": 0, "updated": 0, "unchanged": 50, "stale": 0}
     assert dict(db.rows("SELECT id, xmin::text FROM users")) == before
 
     records[4] = student(5, location="c1r1s1")
-    assert db.load(INTRA42_USERS, [*records, student(99)])[1] == {"inserted": 1, "updated": 1, "unchanged": 49}
+    written = db.load(INTRA42_USERS, [*records, student(99)])[1]
+    assert written == {"inserted": 1, "updated": 1, "unchanged": 49, "stale": 0}
     after = dict(db.rows("SELECT id, xmin::text FROM users"))
     assert {i for i in before if after[i] != before[i]} == {5}
 
@@ -428,7 +433,7 @@ def test_a_stored_row_is_never_replaced_by_an_older_cursor(db):
         ],
     )
 
-    assert written == {"inserted": 0, "updated": 1, "unchanged": 1}
+    assert written == {"inserted": 0, "updated": 1, "unchanged": 0, "stale": 1}  # student 1: stale
     assert db.rows("SELECT id, wallet FROM users ORDER BY id") == [(1, 5), (2, 7)]
 
 
@@ -475,7 +480,7 @@ def test_mark_deleted_reports_its_guard_figures_and_a_return_clears_the_mark(db)
     assert db.run(delete_sql(INTRA42_USERS, RUN)) == {"marked": 0, "removed": 0, "active_before": 16}
 
     _, back = db.load(INTRA42_USERS, records)
-    assert back == {"inserted": 0, "updated": 4, "unchanged": 16}
+    assert back == {"inserted": 0, "updated": 4, "unchanged": 16, "stale": 0}
     assert db.rows("SELECT count(*) FROM users WHERE deleted_at IS NULL") == [(20,)]
 
 

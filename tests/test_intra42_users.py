@@ -115,24 +115,31 @@ def test_dry_run_writes_nothing_but_reports_what_would_change(intra42, sql):
     assert report["inserted"] == len(intra42.data.students())
 
 
-def test_a_failing_api_fails_the_run_and_leaves_the_table_as_it_was(intra42, sql):
+def always_failing(sandbox, monkeypatch) -> None:
+    """Every API call fails from now on; the client and the tasks retry once (the number does not matter)."""
+    sandbox.control("faults", {"error_rate": 1.0})
+    monkeypatch.setenv("AIRFLOW_CONN_INTRA42_API", intra42_conn(sandbox.url, rate_limit="40/s", max_retries="1"))
+
+
+def test_a_failing_api_fails_the_run_and_leaves_the_table_as_it_was(intra42, sql, monkeypatch):
     sync()
     before = sql("SELECT * FROM intra42.users ORDER BY id")
     intra42.control("mutate", {"k": 5})
-    intra42.control("faults", {"error_rate": 1.0})
+    always_failing(intra42, monkeypatch)
 
-    _, states = run_dag(DAG_ID)
+    _, states = run_dag(DAG_ID, retries=1)
 
-    assert states["fetch_students"] == "failed"
+    assert states["fetch_users"] == "failed"
     assert states["upsert_users"] == "upstream_failed"
     assert sql("SELECT * FROM intra42.users ORDER BY id") == before
 
 
-def test_a_missed_run_loses_no_changes(intra42, sql):
+def test_a_missed_run_loses_no_changes(intra42, sql, monkeypatch):
     sync()
     first = intra42.control("mutate", {"k": 3})["ids"]
-    intra42.control("faults", {"error_rate": 1.0})
-    run_dag(DAG_ID)  # fails: no watermark moves
+    with monkeypatch.context() as failing:
+        always_failing(intra42, failing)
+        run_dag(DAG_ID, retries=1)  # fails: no watermark moves
     intra42.control("faults", {"error_rate": 0})
     second = intra42.control("mutate", {"k": 4})["ids"]
 

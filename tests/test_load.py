@@ -7,6 +7,7 @@ import json
 import pytest
 from usersync import load
 from usersync.db import TargetDb
+from usersync.entities import INTRA42_USERS as USERS
 
 RUN = "manual__test"
 
@@ -37,8 +38,8 @@ def db(fresh_schema):
 
 def load_students(db, tmp_path, records, **upsert_args):
     prefix = write_pages(tmp_path / "pages", records)
-    staged = load.stage(db, "users", prefix, RUN)
-    return staged, load.upsert(db, "users", run_id=RUN, **upsert_args)
+    staged = load.stage(db, USERS, prefix, RUN)
+    return staged, load.upsert(db, USERS, run_id=RUN, **upsert_args)
 
 
 def test_stage_quarantines_bad_records_and_keeps_the_last_duplicate(db, tmp_path, sql):
@@ -53,7 +54,7 @@ def test_stage_quarantines_bad_records_and_keeps_the_last_duplicate(db, tmp_path
     ]
     prefix = write_pages(tmp_path / "pages", good[:3] + bad, good[3:] + [student(2, wallet=99)])
 
-    staged = load.stage(db, "users", prefix, RUN)
+    staged = load.stage(db, USERS, prefix, RUN)
 
     assert staged == {"received": 12, "staged": 5, "quarantined": 6, "duplicates": 1}
     assert sql("SELECT wallet FROM intra42.users_delta WHERE id = 2") == [(99,)]
@@ -152,7 +153,7 @@ def stage_run(db, tmp_path, run_id, records):
     folder = tmp_path / run_id
     folder.mkdir(parents=True)
     staging.write_ndjson(staging.ObjectStoragePath(f"file://{folder}/page-000001.ndjson"), records)
-    return load.stage(db, "users", f"file://{folder}", run_id)
+    return load.stage(db, USERS, f"file://{folder}", run_id)
 
 
 def test_interleaved_runs_each_write_their_own_records(db, tmp_path, sql):
@@ -161,8 +162,8 @@ def test_interleaved_runs_each_write_their_own_records(db, tmp_path, sql):
     stage_run(db, tmp_path, "run_a", a)
     stage_run(db, tmp_path, "run_b", b)  # empties users_delta and fills it with B's records
 
-    written_a = load.upsert(db, "users", run_id="run_a")
-    written_b = load.upsert(db, "users", run_id="run_b")
+    written_a = load.upsert(db, USERS, run_id="run_a")
+    written_b = load.upsert(db, USERS, run_id="run_b")
 
     assert (written_a["inserted"], written_a["restaged"]) == (50, 50)
     assert (written_b["inserted"], written_b["restaged"]) == (50, 50)
@@ -173,7 +174,7 @@ def test_a_delta_emptied_by_a_crash_is_staged_again(db, tmp_path, sql):
     stage_run(db, tmp_path, "run_a", [student(i) for i in range(1, 31)])
     sql("TRUNCATE intra42.users_delta")  # what crash recovery does to an unlogged table
 
-    written = load.upsert(db, "users", run_id="run_a")
+    written = load.upsert(db, USERS, run_id="run_a")
 
     assert (written["inserted"], written["restaged"]) == (30, 30)
     assert sql("SELECT count(*) FROM intra42.users") == [(30,)]
@@ -182,15 +183,15 @@ def test_a_delta_emptied_by_a_crash_is_staged_again(db, tmp_path, sql):
 def test_a_run_that_staged_nothing_cannot_write(db, tmp_path):
     stage_run(db, tmp_path, "run_a", [student(1)])
     with pytest.raises(load.DeltaNotStagedError):
-        load.upsert(db, "users", run_id="run_never_staged")
+        load.upsert(db, USERS, run_id="run_never_staged")
 
 
 def test_an_older_record_never_replaces_a_newer_one(db, tmp_path, sql):
     stage_run(db, tmp_path, "newer", [student(1, wallet=2, updated_at="2025-08-01T00:00:00Z")])
-    load.upsert(db, "users", run_id="newer")
+    load.upsert(db, USERS, run_id="newer")
     stage_run(db, tmp_path, "older", [student(1, wallet=1, updated_at="2025-07-01T00:00:00Z")])
 
-    written = load.upsert(db, "users", run_id="older")
+    written = load.upsert(db, USERS, run_id="older")
 
     assert (written["updated"], written["stale"]) == (0, 1)
     assert sql("SELECT wallet FROM intra42.users") == [(2,)]
@@ -209,7 +210,7 @@ def test_hostile_records_are_quarantined_with_their_reason_and_the_rest_load(db,
     fine = [student(1, first_name="Zoé 😀"), student(2), student(3, updated_at="2024-02-29T23:59:59.123+14:00")]
 
     staged = stage_run(db, tmp_path, "run_h", [*fine, *hostile.values()])
-    written = load.upsert(db, "users", run_id="run_h")
+    written = load.upsert(db, USERS, run_id="run_h")
 
     assert (staged["received"], staged["staged"], staged["quarantined"]) == (10, 3, 7)
     assert written["inserted"] == 3
@@ -228,7 +229,7 @@ def test_hostile_records_are_quarantined_with_their_reason_and_the_rest_load(db,
     # A full refresh does not mark them deleted: the source still has them.
     sql("INSERT INTO intra42.users (id, login, email, updated_at) SELECT id, 'x', 'x', now() "
         "FROM unnest(ARRAY[101, 102, 103]) AS id")
-    full = load.upsert(db, "users", run_id="run_h", full_refresh=True, max_delete_share=1)
+    full = load.upsert(db, USERS, run_id="run_h", full_refresh=True, max_delete_share=1)
     assert full["marked_deleted"] == 0
 
 
@@ -236,11 +237,11 @@ def test_the_watermark_stops_at_the_runs_upper_bound(db, tmp_path):
     records = [student(1, updated_at="2025-06-01T10:00:00Z"), student(2, updated_at="2099-01-01T00:00:00Z")]
     stage_run(db, tmp_path, "run_f", records)
 
-    written = load.upsert(db, "users", run_id="run_f", watermark_upto="2026-01-01T00:00:00Z")
+    written = load.upsert(db, USERS, run_id="run_f", watermark_upto="2026-01-01T00:00:00Z")
 
     assert written["watermark"].isoformat() == "2025-06-01T10:00:00+00:00"
     assert written["future_dated"] == 1
-    assert "watermark" not in load.upsert(db, "users", run_id="run_f", moves_watermark=False)
+    assert "watermark" not in load.upsert(db, USERS, run_id="run_f", moves_watermark=False)
 
 
 def test_a_full_refresh_does_not_mark_what_another_run_wrote_after_its_fetch(db, tmp_path, sql):
@@ -250,10 +251,10 @@ def test_a_full_refresh_does_not_mark_what_another_run_wrote_after_its_fetch(db,
     fetch_started = time.time()
     time.sleep(0.01)
     stage_run(db, tmp_path, "other", [student(11)])
-    load.upsert(db, "users", run_id="other")  # written after the full run's fetch started
+    load.upsert(db, USERS, run_id="other")  # written after the full run's fetch started
     stage_run(db, tmp_path, "full", [student(i) for i in range(1, 11)])
 
-    written = load.upsert(db, "users", run_id="full", full_refresh=True, fetch_started=fetch_started)
+    written = load.upsert(db, USERS, run_id="full", full_refresh=True, fetch_started=fetch_started)
 
     assert written["marked_deleted"] == 0
     assert sql("SELECT count(*) FROM intra42.users WHERE deleted_at IS NULL") == [(11,)]

@@ -93,19 +93,19 @@ def test_a_failed_run_is_recorded_with_its_task_and_error_and_mailed(intra42, sq
 
     run, states = run_dag(DAG_ID)
 
-    assert states["fetch_students"] == "failed" and states["report_run"] == "upstream_failed"
+    assert states["fetch_users"] == "failed" and states["report_run"] == "upstream_failed"
     rows = sql("SELECT run_id, status, mode, report, watermark, errors FROM intra42.sync_runs")
     assert len(rows) == 1
     run_id, status, mode, report, watermark, errors = rows[0]
     assert (run_id, status, mode, report, watermark) == (run.run_id, "failed", None, None, None)
-    assert [e["task"] for e in errors] == ["fetch_students"]
+    assert [e["task"] for e in errors] == ["fetch_users"]
     assert "500" in errors[0]["error"] and errors[0]["try"] == 4  # the last of 1 + 3 retries
     assert CLIENT_SECRET not in json.dumps(errors)
 
     assert len(smtp_sink.messages) == 1
     mail = message_from_bytes(smtp_sink.messages[0])
     assert mail["To"] == "data-team@example.org"
-    assert "intra42_users failed in fetch_students" in mail["Subject"]
+    assert "intra42_users failed in fetch_users" in mail["Subject"]
     body = "".join(part.get_payload(decode=True).decode() for part in mail.walk() if not part.is_multipart())
     assert run.run_id in body and "500" in body
 

@@ -14,6 +14,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from usersync.api import RETRYABLE_STATUS, SENSOR_HEADERS
 from usersync.db import TargetDb, session_settings
+from usersync.entity import Entity, create_sql
 from usersync.report import RunFailed
 
 DEFAULT_ARGS = {
@@ -23,10 +24,12 @@ DEFAULT_ARGS = {
     "retry_exponential_backoff": True,
     "max_retry_delay": timedelta(minutes=30),
 }
+# The schema, run bookkeeping (sync_runs, quarantine, staged_deltas) and the functions stage statements use.
 COMMON_TABLES = ("common/create_schema.sql", "common/create_sync_runs.sql", "common/create_sync_runs_columns.sql",
                  "common/create_sync_runs_index.sql", "common/create_sync_runs_dedup.sql",
                  "common/create_sync_runs_run_idx.sql", "common/create_quarantine.sql",
-                 "common/create_quarantine_index.sql")
+                 "common/create_quarantine_index.sql", "common/create_staged_deltas.sql",
+                 "common/create_json_refusal.sql", "common/create_timestamp_problem.sql")
 NOT_YET = {404, 429, *RETRYABLE_STATUS}  # the API is starting, overloaded or down: poke again
 
 
@@ -71,12 +74,20 @@ def api_sensor(conn_id: str, endpoint: str, *, up: Sequence[int] = (200,), metho
     )
 
 
-def create_tables(conn_id: str, schema: str, sync: str, statements: Sequence[str]) -> SQLExecuteQueryOperator:
-    """The schema, sync_runs and quarantine, then the sync's own statements (include/sql/<sync>/<name>.sql), in
-    order; all idempotent."""
+def table_statements(schema: str, sync: str, statements: Sequence[str] = (),
+                     entities: Sequence[Entity] = ()) -> list[str]:
+    """What create_tables runs: the common tables, the declared entities' tables (usersync.entity.create_sql),
+    then the sync's own statements (include/sql/<sync>/<name>.sql, as names Airflow's template search finds)."""
+    declared = [statement.as_string(None) for entity in entities for statement in create_sql(entity)]
+    return [session_settings(schema), *COMMON_TABLES, *declared, *(f"{sync}/{name}.sql" for name in statements)]
+
+
+def create_tables(conn_id: str, schema: str, sync: str, statements: Sequence[str] = (),
+                  entities: Sequence[Entity] = ()) -> SQLExecuteQueryOperator:
+    """A task making the tables of table_statements(), in order; all idempotent."""
     # One transaction (the operator commits once at the end), opened with the sync's settings.
-    return SQLExecuteQueryOperator(task_id="create_tables", conn_id=conn_id, sql=[
-        session_settings(schema), *COMMON_TABLES, *(f"{sync}/{name}.sql" for name in statements)])
+    return SQLExecuteQueryOperator(task_id="create_tables", conn_id=conn_id,
+                                   sql=table_statements(schema, sync, statements, entities))
 
 
 # For every `number` param: JSON Schema's number, minimum and maximum all accept NaN (every comparison with it

@@ -1,7 +1,8 @@
 """The existing syncs' entities, declared as data (see usersync.entity).
 
-INTRA42_USERS matches include/sql/intra42/create_users.sql and stage_users.sql (same columns, types, checks
-and reasons; dates are also checked to exist; a stored student is never replaced by an older updated_at).
+INTRA42_USERS is intra42_users' table, staging and write (tests/reference_sql/intra42 holds the hand-written
+SQL it replaced, which tests compare it with: same columns, types, checks and reasons; a stored student is
+never replaced by an older updated_at; a full refresh marks the students the API no longer returns).
 
 PORTAILDF_LOOKUPS is the shape of Portail DF's users_delta: its stage fits, its tables do not (users_delta is
 not LIKE users, and the sync updates the application's own `users`: keep portaildf's create/upsert SQL).
@@ -27,7 +28,7 @@ INTRA42_USERS = Entity(
         Column("location"),
         Column("wallet", "integer"),
         Column("correction_point", "integer"),
-        Column("updated_at", "timestamptz", required=True),
+        Column("updated_at", "timestamptz", required=True, explain=True),  # the cursor; reasons say why
     ),
     cursor="updated_at",
     deletion="mark",  # a full refresh marks the students the API no longer returns

@@ -16,9 +16,10 @@ checks guarantee that no cast fails afterwards, in plain SQL (no exception handl
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from psycopg import sql
@@ -70,6 +71,9 @@ class Column:
     # Trusted SQL over `record` (in a child: also `parent_record`) instead of a path: a computed column.
     expression: str | sql.Composable | None = None
     refusal: str | None = None  # the reason a record is refused for this column (default: from type/check)
+    # timestamptz only: the reason names what is wrong (no such date, no such time of day, UTC offset out of
+    # range), by the schema's timestamp_problem() function (include/sql/common, made by create_tables).
+    explain: bool = False
 
     def __post_init__(self):
         if self.type not in TYPES:
@@ -78,6 +82,8 @@ class Column:
         object.__setattr__(self, "path", tuple(path.split(".")) if isinstance(path, str) else tuple(path))
         if self.check is not None and not isinstance(self.check, str):
             object.__setattr__(self, "check", tuple(self.check))
+        if self.explain and (self.type != "timestamptz" or self.check or self.expression is not None):
+            raise ValueError(f"column {self.name!r}: explain is for a plain timestamptz column")
 
     @property
     def reason(self) -> str:
@@ -314,7 +320,7 @@ def _reason(entity: Entity, record: sql.Composable) -> sql.Composed:
     which is what makes the casts of later WHENs (and of the projection) safe."""
     whens = [(sql.SQL("jsonb_typeof({}) <> 'object'").format(record), "not a JSON object")]
     for c in entity.columns:
-        whens += [(bad, c.reason) for bad in _breaks(c, record)]
+        whens += _explained(c, record) if c.explain else [(bad, c.reason) for bad in _breaks(c, record)]
     for column, reference in entity.references.items():
         table, key = _target(reference)
         value = _typed(entity.column(column), record, guard=False)
@@ -338,9 +344,24 @@ def _reason(entity: Entity, record: sql.Composable) -> sql.Composed:
                 "AS x WHERE r IS NOT NULL LIMIT 1)"
             ).format(prefix=sql.Literal(f"{child.name}: "), reason=_reason(child, sql.SQL("c.record")), array=array)
         )
-    cases = sql.SQL(" ").join(sql.SQL("WHEN {} THEN {}").format(bad, sql.Literal(why)) for bad, why in whens)
+    cases = sql.SQL(" ").join(
+        sql.SQL("WHEN {} THEN {}").format(bad, sql.Literal(why) if isinstance(why, str) else why) for bad, why in whens
+    )
     otherwise = sql.SQL(" ELSE coalesce({})").format(sql.SQL(", ").join(nested)) if nested else sql.SQL("")
     return sql.SQL("CASE {}{} END").format(cases, otherwise)
+
+
+def _explained(c: Column, record: sql.Composable) -> list[tuple[sql.Composable, str | sql.Composable]]:
+    """A timestamptz column's rules with a reason each: its JSON type, then what timestamp_problem() finds
+    (which also guarantees the cast)."""
+    json_type = _breaks(dataclasses.replace(c, explain=False, type="text"), record)  # string, required or not
+    problem = sql.SQL("timestamp_problem({}{})").format(record, _arrows(c.path, last=True))
+    if not c.required:  # an optional value left out has no problem
+        problem = sql.SQL("CASE WHEN {}{} IS NOT NULL THEN {} END").format(record, _arrows(c.path, last=True), problem)
+    return [
+        *((bad, c.reason) for bad in json_type),
+        (sql.SQL("{} IS NOT NULL").format(problem), sql.SQL("{} || {}").format(sql.Literal(f"{c.name}: "), problem)),
+    ]
 
 
 def _breaks(c: Column, record: sql.Composable) -> list[sql.Composable]:
@@ -428,7 +449,7 @@ _EMPTY = {  # when a keep_non_empty value counts as empty
 def upsert_sql(entity: Entity) -> sql.Composed:
     """Insert new rows, update those whose values differ (IS DISTINCT FROM), touch nothing else; a row that
     re-appears loses its deleted_at; a row is never replaced by one with an older cursor.
-    Returns inserted, updated, unchanged."""
+    Returns inserted, updated, unchanged (and stale: older than the stored row, with a cursor)."""
     table, delta = sql.Identifier(entity.name), sql.Identifier(f"{entity.name}_delta")
     names = [c.name for c in entity.columns]
     values = [_kept(c) if c.keep_non_empty else sql.SQL("d.{}").format(sql.Identifier(c.name)) for c in entity.columns]
@@ -449,14 +470,23 @@ def upsert_sql(entity: Entity) -> sql.Composed:
             differs, c=sql.Identifier(entity.cursor)
         )
     assign = [sql.SQL("{0} = excluded.{0}").format(sql.Identifier(n)) for n in names if n not in entity.key]
+    join = sql.SQL(" AND ").join(sql.SQL("t.{0} = d.{0}").format(sql.Identifier(k)) for k in entity.key)
+    unchanged, stale = sql.SQL(""), sql.SQL("")
+    if entity.cursor:  # the rows an older record left as they were: not unchanged, stale
+        older = sql.SQL("(SELECT count(*) FROM {} d JOIN {} t ON {} WHERE d.{c} < t.{c})").format(
+            delta, table, join, c=sql.Identifier(entity.cursor)
+        )
+        unchanged, stale = sql.SQL(" - {}").format(older), sql.SQL(", {} AS stale").format(older)
     return sql.SQL(
         "WITH changed AS (SELECT {values} FROM {delta} d LEFT JOIN {table} t ON {join} "
         "WHERE t.{key0} IS NULL OR ({differs})), "
         "written AS (INSERT INTO {table} AS t ({names}, ingested_at) SELECT {names}, now() FROM changed "
         "ON CONFLICT ({key}) DO UPDATE SET {assign} RETURNING xmax = 0 AS inserted) "
         "SELECT count(*) FILTER (WHERE inserted) AS inserted, count(*) FILTER (WHERE NOT inserted) AS updated, "
-        "(SELECT count(*) FROM {delta}) - count(*) AS unchanged FROM written"
+        "(SELECT count(*) FROM {delta}) - count(*){unchanged} AS unchanged{stale} FROM written"
     ).format(
+        unchanged=unchanged,
+        stale=stale,
         values=sql.SQL(", ").join(
             sql.SQL("{} AS {}").format(v, sql.Identifier(n)) for v, n in zip(values, names, strict=True)
         ),
@@ -465,9 +495,20 @@ def upsert_sql(entity: Entity) -> sql.Composed:
         key0=sql.Identifier(entity.key[0]),
         key=_names(entity.key),
         differs=differs,
-        join=sql.SQL(" AND ").join(sql.SQL("t.{0} = d.{0}").format(sql.Identifier(k)) for k in entity.key),
+        join=join,
         names=_names(names),
         assign=sql.SQL(", ").join([*assign, sql.SQL("ingested_at = excluded.ingested_at")]),
+    )
+
+
+def _quarantined_key(c: Column) -> sql.Composed:
+    """A quarantined record's value of this key column equals the row's. A line Postgres could not store as
+    jsonb is quarantined as a JSON string: its key is read from the text (the first "<name>": value in it)."""
+    in_text = sql.SQL("substring(q.record #>> '{{}}' FROM {})").format(
+        sql.Literal(f'"{re.escape(c.path[-1])}":\\s*"?([^",}}\\s]*)')
+    )
+    return sql.SQL("coalesce(q.record{}, {}) = t.{}::text").format(
+        _arrows(c.path, last=True), in_text, sql.Identifier(c.name)
     )
 
 
@@ -483,15 +524,16 @@ def _kept(c: Column) -> sql.Composed:
 def delete_sql(
     entity: Entity,
     run_id: str,
-    fetch_started: datetime | None = None,
+    fetch_started: datetime | float | None = None,
     window: tuple[str, Any, Any] | None = None,
     parent: Entity | None = None,
     quarantine: str | Sequence[str] = "quarantine",
 ) -> sql.Composed:
     """Apply the deletion policy to the rows the delta lacks: mark them (deleted_at, or deleted_status) or
     remove them. Only within `window` = (column, from, to) [from, to), only rows last written before
-    `fetch_started`, never a record quarantined in this run; for a child, only the children of the parents
-    in the parent's delta. Returns marked, removed, and active_before (the rows in scope before: the guard).
+    `fetch_started` (a datetime or epoch seconds), never a record quarantined in this run; for a child, only
+    the children of the parents in the parent's delta. Returns marked, removed, and active_before (the rows
+    in scope before: the guard).
     """
     if entity.deletion == "none":
         raise ValueError(f"entity {entity.name!r} has no deletion policy")
@@ -525,13 +567,12 @@ def delete_sql(
             _table(quarantine),
             sql.Literal(run_id),
             sql.Literal(entity.name),
-            sql.SQL(" AND ").join(
-                sql.SQL("q.record{} = t.{}::text").format(_arrows(entity.column(k).path, last=True), sql.Identifier(k))
-                for k in entity.key
-            ),
+            sql.SQL(" AND ").join(_quarantined_key(entity.column(k)) for k in entity.key),
         )
     )
     if fetch_started is not None:
+        if isinstance(fetch_started, int | float):  # epoch seconds
+            fetch_started = datetime.fromtimestamp(fetch_started, UTC)
         gone.append(sql.SQL("t.ingested_at < {}").format(sql.Literal(fetch_started)))
     if entity.deletion == "mark":
         change = sql.SQL("UPDATE {} t SET {}, ingested_at = now()").format(table, sql.SQL(", ").join(sets))
@@ -553,3 +594,23 @@ def delete_sql(
         counted=sql.Identifier("marked" if entity.deletion == "mark" else "removed"),
         other=sql.Identifier("removed" if entity.deletion == "mark" else "marked"),
     )
+
+
+def watermark_sql(entity: Entity, upto: Any = None) -> sql.Composed:
+    """Where the next incremental run starts: the newest cursor the table holds, by the source's own clock, but
+    never past `upto` (the run's upper bound: a record dated in the future must not make later runs skip the
+    present); the rows dated after it are counted (future_dated) for the report."""
+    if not entity.cursor:
+        raise ValueError(f"entity {entity.name!r} has no cursor")
+    cursor = sql.Identifier(entity.cursor)
+    if upto is None:
+        within, beyond = sql.SQL("true"), sql.SQL("false")
+    else:
+        bound = sql.SQL("{}::{}").format(sql.Literal(upto), sql.SQL(entity.column(entity.cursor).type))
+        within, beyond = (sql.SQL("{} {} {}").format(cursor, sql.SQL(op), bound) for op in ("<=", ">"))
+    if entity.has_deleted_at:
+        beyond = sql.SQL("{} AND deleted_at IS NULL").format(beyond)
+    return sql.SQL(
+        "SELECT max({c}) FILTER (WHERE {within}) AS watermark, count(*) FILTER (WHERE {beyond}) AS future_dated "
+        "FROM {table}"
+    ).format(c=cursor, within=within, beyond=beyond, table=sql.Identifier(entity.name))

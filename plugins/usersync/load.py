@@ -1,12 +1,14 @@
 """Stage (COPY into <entity>_delta) and upsert (one set-based statement per transaction).
 
-Per entity a sync provides, in include/sql/<sync>/:
+An entity is given as its declaration (usersync.entity.Entity): its statements are generated from it, except
+where the sync has its own file for a step (include/sql/<sync>/<step>_<entity>.sql), because it does something
+else there (Portail DF's kind mapping). Given by name only, every step is a file (as Gazelle's, until ported):
   stage_<entity>.sql        <entity>_raw -> <entity>_delta: typed, last record per key wins, bad records
                             to quarantine with their reason; returns received/staged/quarantined/duplicates
   upsert_<entity>.sql       <entity>_delta -> <entity>: inserts new rows, updates rows whose values differ;
                             returns inserted/updated/unchanged
-  mark_deleted_<entity>.sql (full refresh only) marks rows the source no longer returns;
-                            returns marked/active_before
+  mark_deleted_<entity>.sql (full refresh only) marks (or removes) rows the source no longer returns;
+                            returns marked (and/or removed) and active_before
   watermark_<entity>.sql    (incremental syncs) the newest source timestamp the table now holds, at most
                             %(upto)s (the run's upper bound) when given
   prune_<child>.sql         (optional, nested entities) removes the children the upserted parents no longer list
@@ -32,6 +34,7 @@ from airflow.sdk import ObjectStoragePath
 from psycopg import sql
 
 from usersync.db import TargetDb
+from usersync.entity import Entity, delete_sql, stage_sql, upsert_sql, watermark_sql
 from usersync.staging import staged_pages
 
 log = logging.getLogger(__name__)
@@ -67,11 +70,6 @@ SELECT (SELECT count(*) FROM refused) AS refused
 """
 # One lock per schema and entity, held by a stage or upsert transaction.
 LOCK = "SELECT pg_advisory_xact_lock(hashtext('usersync:' || current_schema() || '.' || %s))"
-# The schema's own objects load needs (include/sql/common/<name>.sql, with what says it exists), created once,
-# one creator at a time (concurrent CREATE ... IF NOT EXISTS collide). timestamp_problem() is for stage SQL.
-BOOKKEEPING = {"create_staged_deltas": "to_regclass('staged_deltas')",
-               "create_json_refusal": "to_regprocedure('json_refusal(text)')",
-               "create_timestamp_problem": "to_regprocedure('timestamp_problem(text)')"}
 RETENTION = "3 days"  # staged_deltas rows of older runs are dropped (their staging files are gone by then)
 
 
@@ -84,47 +82,59 @@ class DeltaNotStagedError(Exception):
 
 
 def stage(
-    db: TargetDb, entity: str, prefixes: str | ObjectStoragePath | Sequence[str], run_id: str,
+    db: TargetDb, entity: Entity | str, prefixes: str | ObjectStoragePath | Sequence[str], run_id: str,
     children: Sequence[str] = (), params: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """COPY the records staged under one or more prefixes into <entity>_raw, then project them into
-    <entity>_delta (and the deltas of `children`, records nested in the entity's), in one transaction.
-    `params` go to stage_<entity>.sql with run_id and entity (e.g. a window, a time zone)."""
+    <entity>_delta (and the deltas of its children, records nested in the entity's: a declaration's, or the
+    named `children`), in one transaction. The tables, staged_deltas and the functions stage statements use
+    are made beforehand (dag_parts.create_tables). `params` go to a stage_<entity>.sql with run_id and entity
+    (e.g. a window, a time zone)."""
     if isinstance(prefixes, str | ObjectStoragePath):
         prefixes = [prefixes]
     prefixes = [str(p) for p in prefixes]
-    _create_bookkeeping(db)
+    name, children = _names(entity, children)
     with db.transaction() as cur:
-        cur.execute(LOCK, (entity,))
+        cur.execute(LOCK, (name,))
         counts = _stage(db, cur, entity, prefixes, run_id, children, params or {})
         cur.execute(
             "DELETE FROM staged_deltas WHERE (entity = %(entity)s AND run_id = %(run_id)s) "
             f"OR staged_at < now() - interval '{RETENTION}'",
-            {"entity": entity, "run_id": run_id})
+            {"entity": name, "run_id": run_id})
         cur.execute(
             "INSERT INTO staged_deltas (entity, run_id, prefixes, children, params, row_counts) "
             "VALUES (%s, %s, %s, %s, %s, %s)",
-            (entity, run_id, prefixes, list(children), json.dumps(params or {}),
-             json.dumps(_delta_rows(cur, entity, children))))
-    log.info("staged %s: %s", entity, counts)
+            (name, run_id, prefixes, list(children), json.dumps(params or {}),
+             json.dumps(_delta_rows(cur, name, children))))
+    log.info("staged %s: %s", name, counts)
     return counts
 
 
-def _create_bookkeeping(db: TargetDb) -> None:
-    with db.transaction() as cur:
-        cur.execute("SELECT " + " OR ".join(f"{exists} IS NULL" for exists in BOOKKEEPING.values()))
-        if cur.fetchone()[0]:
-            cur.execute(LOCK, ("(bookkeeping)",))
-            for name in BOOKKEEPING:
-                db.run(cur, name)
+def _names(entity: Entity | str, children: Sequence[str] = ()) -> tuple[str, list[str]]:
+    """The entity's table and its children's."""
+    if isinstance(entity, str):
+        return entity, list(children)
+    return entity.name, [c.name for c in entity.children]
 
 
-def _stage(db: TargetDb, cur: Any, entity: str, prefixes: Sequence[str], run_id: str,
+def _step(db: TargetDb, cur: Any, step: str, entity: Entity | str, params: dict[str, Any] | None,
+          generate: Any) -> dict[str, Any]:
+    """One step's statement: the sync's <step>_<entity>.sql when it has one (always for an entity given by
+    name), else the one `generate()` builds from the declaration. Its first row, as a dict."""
+    name = f"{step}_{entity if isinstance(entity, str) else entity.name}"
+    if isinstance(entity, str) or db.has_sql(name):
+        return db.run(cur, name, params)
+    cur.execute(generate())
+    return dict(zip([c.name for c in cur.description], cur.fetchone(), strict=True))
+
+
+def _stage(db: TargetDb, cur: Any, entity: Entity | str, prefixes: Sequence[str], run_id: str,
            children: Sequence[str], stage_params: dict[str, Any]) -> dict[str, Any]:
     """Empty the entity's raw and delta tables and fill them with this run's staged records."""
-    raw, suspect = sql.Identifier(f"{entity}_raw"), sql.Identifier(f"{entity}_suspect")
-    deltas = [sql.Identifier(f"{name}_delta") for name in (entity, *children)]
-    params = {"run_id": run_id, "entity": entity}
+    entity_name = _names(entity)[0]
+    raw, suspect = sql.Identifier(f"{entity_name}_raw"), sql.Identifier(f"{entity_name}_suspect")
+    deltas = [sql.Identifier(f"{name}_delta") for name in (entity_name, *children)]
+    params = {"run_id": run_id, "entity": entity_name}
     cur.execute("DELETE FROM quarantine WHERE run_id = %(run_id)s AND entity = %(entity)s", params)  # a retry
     cur.execute(sql.SQL(CREATE_RAW).format(raw))
     cur.execute(sql.SQL(CREATE_SUSPECT).format(suspect))
@@ -138,7 +148,7 @@ def _stage(db: TargetDb, cur: Any, entity: str, prefixes: Sequence[str], run_id:
         with cur.copy(sql.SQL(COPY_SUSPECT).format(suspect)) as copy:
             copy.write(b"".join(suspects))
         refused = _sort_suspects(cur, raw, suspect, params)
-    counts = db.run(cur, f"stage_{entity}", {**stage_params, **params})
+    counts = _step(db, cur, "stage", entity, {**stage_params, **params}, lambda: stage_sql(entity, run_id))
     for key in ("received", "quarantined"):  # the refused lines never reached the stage statement
         if key in counts:
             counts[key] += refused
@@ -179,9 +189,10 @@ def _delta_rows(cur: Any, entity: str, children: Sequence[str]) -> dict[str, int
     return dict(zip(names, cur.fetchone(), strict=True))
 
 
-def _own_delta(db: TargetDb, cur: Any, entity: str, run_id: str) -> dict[str, Any] | None:
+def _own_delta(db: TargetDb, cur: Any, entity_or_name: Entity | str, run_id: str) -> dict[str, Any] | None:
     """Make sure <entity>_delta holds what this run's stage produced; rebuild it if not. Returns the rebuilt
     delta's stage counts (None when it was intact). Under the entity's lock."""
+    entity = _names(entity_or_name)[0]
     cur.execute("SELECT run_id, prefixes, children, params, row_counts FROM staged_deltas WHERE entity = %s "
                 "ORDER BY (run_id = %s) DESC, id DESC", (entity, run_id))
     rows = cur.fetchall()
@@ -194,7 +205,7 @@ def _own_delta(db: TargetDb, cur: Any, entity: str, run_id: str) -> dict[str, An
         return None
     why = f"run {holder} staged since" if holder != run_id else "its rows were lost (a database restart?)"
     log.warning("%s_delta no longer holds what this run staged (%s): staging it again", entity, why)
-    counts = _stage(db, cur, entity, prefixes, run_id, children, stage_params)
+    counts = _stage(db, cur, entity_or_name, prefixes, run_id, children, stage_params)
     if _delta_rows(cur, entity, children) != row_counts:
         raise RuntimeError(f"{entity}: staging run {run_id} again gave other row counts than its stage "
                            f"({row_counts}): its staging files changed?")
@@ -205,7 +216,7 @@ def _own_delta(db: TargetDb, cur: Any, entity: str, run_id: str) -> dict[str, An
 
 def upsert(
     db: TargetDb,
-    entity: str,
+    entity: Entity | str,
     *,
     run_id: str,
     full_refresh: bool = False,
@@ -222,48 +233,62 @@ def upsert(
     checked to be this run's own, complete (rebuilt from this run's staging files if not).
 
     `full_refresh`: the delta holds everything the source has (within `scope`, e.g. a date window, passed to
-    mark_deleted_<entity>.sql), so the rows it lacks are marked deleted, or removed, per that statement;
-    `fetch_started` (epoch seconds; passed to it too): rows written since, by another run, are not marked.
+    mark_deleted_<entity>.sql; a declaration's window is `scope["window"]` = (column, from, to)), so the rows
+    it lacks get the entity's deletion policy: marked deleted (`marked_deleted`) or removed (`removed`);
+    `fetch_started` (epoch seconds): rows written since, by another run, are left alone.
     `moves_watermark`: report the watermark (only runs that read everything since the last one may);
     `watermark_upto`: the run's upper bound, above which a source timestamp is not trusted as a watermark.
     """
+    name, children = _names(entity, children)
+    child_entities = {c.name: c for c in getattr(entity, "children", ())}
     with db.transaction() as cur:
-        cur.execute(LOCK, (entity,))
+        cur.execute(LOCK, (name,))
         restaged = _own_delta(db, cur, entity, run_id)
         counts = _upsert_one(db, cur, entity)
         for child in children:
-            written = _upsert_one(db, cur, child)
-            if db.has_sql(f"prune_{child}"):  # the parents' records list all their children: drop the others
+            declared = child_entities.get(child)
+            written = _upsert_one(db, cur, declared or child)
+            # The parents' records list all their children: the others go, by the child's deletion policy.
+            if declared is not None and declared.deletion != "none":
+                written.update(_step(db, cur, "prune", declared, None,
+                                     lambda c=declared: delete_sql(c, run_id, parent=entity)))
+            elif declared is None and db.has_sql(f"prune_{child}"):
                 written.update(db.run(cur, f"prune_{child}"))
             counts.update({f"{child}_{k}": v for k, v in written.items()})
-        counts["marked_deleted"] = 0
-        if full_refresh:
-            marked = db.run(cur, f"mark_deleted_{entity}", {"run_id": run_id, "entity": entity,
-                                                             "fetch_started": fetch_started, **(scope or {})})
-            share = marked["marked"] / max(marked["active_before"], 1)
+        counts["marked_deleted"] = counts["removed"] = 0
+        if full_refresh and not (isinstance(entity, Entity) and entity.deletion == "none"):
+            params = {"run_id": run_id, "entity": name, "fetch_started": fetch_started, **(scope or {})}
+            gone = _step(db, cur, "mark_deleted", entity, params, lambda: delete_sql(
+                entity, run_id, fetch_started=fetch_started, window=(scope or {}).get("window")))
+            gone_count = gone.get("marked", 0) + gone.get("removed", 0)
+            share = gone_count / max(gone["active_before"], 1)
             if share > max_delete_share:
                 raise DeletionGuardError(
-                    f"refusing to mark {marked['marked']} of {marked['active_before']} {entity} as deleted "
+                    f"refusing to mark {gone_count} of {gone['active_before']} {name} as deleted "
                     f"({share:.1%} > the {max_delete_share:.0%} limit): the source answered far fewer records "
                     f"than the table holds. Nothing was written. If this is real, re-run with a higher "
                     f"max_delete_share."
                 )
-            counts["marked_deleted"] = marked["marked"]
-        if moves_watermark and db.has_sql(f"watermark_{entity}"):
-            counts.update(db.run(cur, f"watermark_{entity}", {"upto": watermark_upto}))
+            counts["marked_deleted"], counts["removed"] = gone.get("marked", 0), gone.get("removed", 0)
+        if moves_watermark and (db.has_sql(f"watermark_{name}") or getattr(entity, "cursor", None)):
+            counts.update(_step(db, cur, "watermark", entity, {"upto": watermark_upto},
+                                lambda: watermark_sql(entity, watermark_upto)))
         if restaged is not None:
             counts["restaged"] = restaged.get("staged", True)
-        if db.has_sql(f"summary_{entity}"):
-            counts.update(db.run(cur, f"summary_{entity}"))
+        if db.has_sql(f"summary_{name}"):
+            counts.update(db.run(cur, f"summary_{name}"))
         if dry_run:
             cur.connection.rollback()
             log.info("dry run: rolled back %s", counts)
-    log.info("upserted %s: %s", entity, counts)
+    log.info("upserted %s: %s", name, counts)
     return counts
 
 
-def _upsert_one(db: TargetDb, cur: Any, entity: str) -> dict[str, Any]:
-    """upsert_<entity>.sql when the sync has one, else the generic upsert by id of every <entity>_delta column."""
+def _upsert_one(db: TargetDb, cur: Any, entity: Entity | str) -> dict[str, Any]:
+    """The sync's upsert_<entity>.sql when it has one, else the declaration's upsert, else (an entity by name)
+    the generic upsert by id of every <entity>_delta column."""
+    if isinstance(entity, Entity):
+        return _step(db, cur, "upsert", entity, None, lambda: upsert_sql(entity))
     if db.has_sql(f"upsert_{entity}"):
         return db.run(cur, f"upsert_{entity}")
     cur.execute("SELECT array_agg(column_name::text ORDER BY ordinal_position) FROM information_schema.columns "
