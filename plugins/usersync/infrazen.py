@@ -136,6 +136,7 @@ class HttpClient(ApiClient):
         self._local = threading.local()
         self.base_url = ""
         self.last_failure = last_failure or [None]  # shared by siblings
+        self.refused: AuthError | None = None  # as ApiClient: a refused login is not asked again
 
     @property
     def session(self) -> requests.Session:
