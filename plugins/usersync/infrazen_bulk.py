@@ -216,9 +216,10 @@ def write_chunk(db: TargetDb, prefix: str, *, run_id: str, sync_type: str) -> di
         _copy(cur, "resources_raw", folder / "resources.ndjson")
         _copy(cur, "provider_outcomes", folder / "providers.ndjson")
         _copy(cur, "user_outcomes", folder / "users.ndjson")
-        complete = [p["provider_id"] for p in providers if p["status"] == "success" and p["complete"]]
-
         def write(user_ids: list[int] | None) -> None:
+            # Only providers read completely may lose resources (their users' only: the delta holds no other).
+            complete = [p["provider_id"] for p in providers if p["status"] == "success" and p["complete"]
+                        and (user_ids is None or p["user_id"] in user_ids)]
             params = {"users": user_ids, "run_id": run_id, "sync_type": sync_type, "complete": complete}
             staged = run_script(db, cur, "stage_resources", params)[0]
             counts = run_script(db, cur, "write_resources", params)[0]

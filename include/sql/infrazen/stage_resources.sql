@@ -1,4 +1,4 @@
--- resources_raw -> resources_delta for the users written now (%(users)s, NULL: all): typed, the last record per
+-- resources_raw -> resources_delta for the users written now (the users parameter; NULL: all): typed, the last record per
 -- (provider_id, resource_id, resource_type) wins; a record the resources table cannot hold goes to quarantine
 -- with its reason instead (one bad record never fails the others).
 DELETE FROM resources_delta;
@@ -27,7 +27,7 @@ WITH raw AS (
 ),
 refused AS (
     INSERT INTO quarantine (run_id, entity, reason, record)
-    SELECT %(run_id)s, 'resources', reason, record FROM raw WHERE reason IS NOT NULL
+    SELECT %(run_id)s::text, 'resources', reason, record FROM raw WHERE reason IS NOT NULL
     RETURNING 1
 ),
 staged AS (

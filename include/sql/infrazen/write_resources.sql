@@ -1,6 +1,6 @@
 -- resources_delta -> resources, set-based: inserts the new resources, updates the ones whose values changed
 -- (an unchanged resource is not written at all), and marks inactive the resources a provider no longer lists,
--- only for providers read completely (%(complete)s: a failed or partial read proves nothing is gone).
+-- only for providers read completely (the complete parameter: a failed or partial read proves nothing is gone).
 -- Per provider counts go to `written`, for its sync_snapshots row.
 WITH upserted AS (
     INSERT INTO resources AS r (

@@ -1,4 +1,4 @@
--- The bookkeeping of the users written now (%(users)s, NULL: all), set-based: per user one complete_syncs row,
+-- The bookkeeping of the users written now (the users parameter; NULL: all), set-based: per user one complete_syncs row,
 -- per provider (failed ones too, with their real error and duration) its sync_snapshots row and its
 -- provider_sync_references row, and cloud_providers.last_sync/sync_status/sync_error. Statuses and totals were
 -- decided by the sync (usersync.infrazen_bulk); the snapshot's resource counts come from `written`.
@@ -16,7 +16,7 @@ cs AS (
         user_id, sync_type, sync_status, sync_started_at, sync_completed_at, sync_duration_seconds,
         total_providers_synced, successful_providers, failed_providers, total_resources_found, total_daily_cost,
         total_monthly_cost, cost_by_provider, resources_by_provider, error_message, error_details, sync_config)
-    SELECT user_id, %(sync_type)s, r ->> 'status', (r ->> 'started_at')::timestamptz,
+    SELECT user_id, %(sync_type)s::text, r ->> 'status', (r ->> 'started_at')::timestamptz,
            (r ->> 'completed_at')::timestamptz, (r ->> 'duration')::int, (r ->> 'providers')::int,
            (r ->> 'successful')::int, (r ->> 'failed')::int, (r ->> 'resources')::int, (r ->> 'daily_cost')::float8,
            (r ->> 'monthly_cost')::float8, r -> 'cost_by_provider', r -> 'resources_by_provider',
