@@ -90,8 +90,10 @@ def infrazen_bulk_sync():
         size = infrazen_bulk.plan_chunks(len(to_sync), params["batch_size"])
         chunks = [] if params["dry_run"] else staging.split_to_staging(
             staging.run_prefix(dag_run.dag_id, dag_run.run_id, "users"), to_sync, size)
+        selection(dag_run).parent.mkdir(parents=True, exist_ok=True)
         staging.write_json(selection(dag_run), {
-            "skipped": skipped, "provider_types": sorted({p["type"] for u in to_sync for p in u["providers"]}),
+            "skipped": skipped, "provider_types": [] if params["dry_run"] else sorted({p["type"] for u in to_sync
+                                                                                   for p in u["providers"]}),
             "would_sync": [{"user_id": u["user_id"], "providers": len(u["providers"])} for u in to_sync],
         })  # fmt: skip
         return chunks
