@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 import pytest
-import requests
 from conftest import AIRFLOW_HOME, Sandbox
 from dagrun import run_dag, xcom
 
