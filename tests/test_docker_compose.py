@@ -153,6 +153,10 @@ def test_airflow_services_mount_staging_volume() -> None:
         "AIRFLOW_CONN_PORTAILDF_DB",
         "AIRFLOW_CONN_GAZELLE_API",
         "AIRFLOW_CONN_GAZELLE_DB",
+        "AIRFLOW_CONN_INFRAZEN_DB",
+        "AIRFLOW_CONN_INFRAZEN_YANDEX",
+        "AIRFLOW_CONN_INFRAZEN_SELECTEL",
+        "AIRFLOW_CONN_INFRAZEN_BEGET",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
         "AIRFLOW__CELERY__BROKER_URL",
         "AIRFLOW__API_AUTH__JWT_SECRET",
@@ -185,7 +189,12 @@ def test_default_connections_point_at_sandbox_and_target_db() -> None:
                                                           portaildf_sandbox.DEFAULT_PASSWORD)
     assert (gazelle["login"], gazelle["password"], gazelle["extra"]["refresh_token"]) == (
         gazelle_sandbox.DEFAULT_CLIENT_ID, gazelle_sandbox.DEFAULT_CLIENT_SECRET, gazelle_sandbox.DEFAULT_REFRESH_TOKEN)
-    for name in ("PORTAILDF", "GAZELLE"):
+    yandex = json.loads(env["AIRFLOW_CONN_INFRAZEN_YANDEX"])
+    assert yandex["host"] == "http://sandbox:8045/yandex/{service}"
+    selectel = json.loads(env["AIRFLOW_CONN_INFRAZEN_SELECTEL"])
+    assert selectel["extra"]["region_host"] == "http://sandbox:8045/selectel/regions/{region}"
+    assert "password" not in json.loads(env["AIRFLOW_CONN_INFRAZEN_BEGET"])  # users' own credentials only
+    for name in ("PORTAILDF", "GAZELLE", "INFRAZEN"):
         assert env[f"AIRFLOW_CONN_{name}_DB"] == "postgresql://usersync:usersync@target-db:5432/usersync"
 
 
@@ -218,7 +227,7 @@ def test_sandbox_service_runs_the_sandbox_with_healthcheck() -> None:
     if isinstance(command, str):
         command = command.split()
     assert "python -m sandbox all --host 0.0.0.0" in " ".join(command)
-    assert {str(port) for port in sandbox.get("expose", [])} == {"8042", "8043", "8044"}
+    assert {str(port) for port in sandbox.get("expose", [])} == {"8042", "8043", "8044", "8045"}
     assert sandbox.get("healthcheck", {}).get("test"), "sandbox has no healthcheck"
     assert sandbox.get("image") == _services()["airflow-worker"].get("image")
 
