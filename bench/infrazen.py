@@ -78,8 +78,11 @@ def sandbox(latency: float):
 
 def rate(url: str) -> dict:
     state = requests.get(f"{url}/_sandbox/state", timeout=10).json()
-    return {p: {k: r[k] for k in ("over_limit_accepted", "early_after_429")} | {"throttled": state["stats"].get(
-        "throttled", 0)} for p, r in state["rate"].items()}
+    return {
+        p: {k: r[k] for k in ("over_limit_accepted", "early_after_429")}
+        | {"throttled": state["stats"].get("throttled", 0)}
+        for p, r in state["rate"].items()
+    }
 
 
 def sequential(url: str, pg_url: str, providers: list[dict], conns: dict) -> float:

@@ -55,17 +55,37 @@ def selection(dag_run):
     default_args=dag_parts.default_args(db),
     tags=["usersync", "infrazen", "finops"],
     params={
-        "sync_type": Param("manual", type="string", enum=["manual", "scheduled", "api"],
-                           description="Recorded in complete_syncs.sync_type. Scheduled runs always use "
-                           "'scheduled'; 'api' for REST API triggers."),
-        "dry_run": Param(False, type="boolean", description="List who would be synced, with provider counts; "
-                         "write nothing."),
-        "user_ids": Param(None, type=["null", "array"], items={"type": "integer"}, description="Sync only these "
-                          "users (still only the eligible ones). Empty: everyone eligible."),
-        "num_workers": Param(8, type="integer", minimum=1, maximum=64, description="Users synced at the same "
-                             "time within a chunk (each provider account keeps its own rate limit)."),
-        "batch_size": Param(50, type="integer", minimum=1, maximum=10_000, description="Users per chunk: one "
-                            "mapped task each (raised if needed to stay within 1,024 chunks)."),
+        "sync_type": Param(
+            "manual",
+            type="string",
+            enum=["manual", "scheduled", "api"],
+            description="Recorded in complete_syncs.sync_type. Scheduled runs always use "
+            "'scheduled'; 'api' for REST API triggers.",
+        ),
+        "dry_run": Param(
+            False, type="boolean", description="List who would be synced, with provider counts; write nothing."
+        ),
+        "user_ids": Param(
+            None,
+            type=["null", "array"],
+            items={"type": "integer"},
+            description="Sync only these users (still only the eligible ones). Empty: everyone eligible.",
+        ),
+        "num_workers": Param(
+            8,
+            type="integer",
+            minimum=1,
+            maximum=64,
+            description="Users synced at the same "
+            "time within a chunk (each provider account keeps its own rate limit).",
+        ),
+        "batch_size": Param(
+            50,
+            type="integer",
+            minimum=1,
+            maximum=10_000,
+            description="Users per chunk: one mapped task each (raised if needed to stay within 1,024 chunks).",
+        ),
     },
     template_searchpath=[str(SQL_DIR)],
     user_defined_macros={"schema": SCHEMA},
@@ -82,14 +102,18 @@ def infrazen_bulk_sync():
         rows = list(db.stream("select_users", {"user_ids": params["user_ids"] or None}))
         users = [{"user_id": uid, "providers": providers} for uid, providers in rows]
         to_sync = [u for u in users if u["providers"]]
-        skipped = [{"user_id": u["user_id"], "status": "skipped", "reason": SKIPPED} for u in users
-                   if not u["providers"]]
+        skipped = [
+            {"user_id": u["user_id"], "status": "skipped", "reason": SKIPPED} for u in users if not u["providers"]
+        ]
         if params["dry_run"]:
             for u in to_sync:
                 print(f"would sync user {u['user_id']}: {len(u['providers'])} providers")  # noqa: T201
         size = infrazen_bulk.plan_chunks(len(to_sync), params["batch_size"])
-        chunks = [] if params["dry_run"] else staging.split_to_staging(
-            staging.run_prefix(dag_run.dag_id, dag_run.run_id, "users"), to_sync, size)
+        chunks = (
+            []
+            if params["dry_run"]
+            else staging.split_to_staging(staging.run_prefix(dag_run.dag_id, dag_run.run_id, "users"), to_sync, size)
+        )
         selection(dag_run).parent.mkdir(parents=True, exist_ok=True)
         staging.write_json(selection(dag_run), {
             "skipped": skipped, "provider_types": [] if params["dry_run"] else sorted({p["type"] for u in to_sync
@@ -129,8 +153,9 @@ def infrazen_bulk_sync():
     @task(trigger_rule="none_failed")  # also when no chunk ran (dry run, nobody to sync)
     def report_run(synced: list[dict], written: list[dict], params=None, dag_run=None) -> dict:
         selected = staging.read_json(selection(dag_run))
-        users = sorted([u for chunk in written for u in chunk["users"]] + selected["skipped"],
-                       key=lambda u: u["user_id"])
+        users = sorted(
+            [u for chunk in written for u in chunk["users"]] + selected["skipped"], key=lambda u: u["user_id"]
+        )
         counts = {s: sum(u["status"] == s for u in users) for s in ("success", "failed", "skipped")}
         run = report.build_report(
             dag_id=dag_run.dag_id, run_id=dag_run.run_id, dry_run=params["dry_run"], started_at=dag_run.start_date,

@@ -53,19 +53,26 @@ def infrazen(infrazen_sandbox, airflow_db, sql, pg):
 
 
 def account_faults(sandbox: Sandbox, provider: dict, **values) -> None:
-    sandbox.control("account_faults", {"provider": provider["provider_type"], "account": provider["account_id"],
-                                       **values})
+    sandbox.control(
+        "account_faults", {"provider": provider["provider_type"], "account": provider["account_id"], **values}
+    )
 
 
 def stored(sql, provider_id: int) -> list[dict]:
-    rows = sql(f"SELECT {', '.join(FIELDS)} FROM {SCHEMA}.resources WHERE provider_id = %s AND is_active "
-               "ORDER BY resource_type, resource_id", (provider_id,))
+    rows = sql(
+        f"SELECT {', '.join(FIELDS)} FROM {SCHEMA}.resources WHERE provider_id = %s AND is_active "
+        "ORDER BY resource_type, resource_id",
+        (provider_id,),
+    )
     return [dict(zip(FIELDS, row, strict=True)) for row in rows]
 
 
 def outcome(sql, user_id: int) -> tuple:
-    return sql(f"SELECT sync_status, total_providers_synced, successful_providers, failed_providers "
-               f"FROM {SCHEMA}.complete_syncs WHERE user_id = %s ORDER BY id DESC LIMIT 1", (user_id,))[0]
+    return sql(
+        f"SELECT sync_status, total_providers_synced, successful_providers, failed_providers "
+        f"FROM {SCHEMA}.complete_syncs WHERE user_id = %s ORDER BY id DESC LIMIT 1",
+        (user_id,),
+    )[0]
 
 
 def synced_users(data) -> list[int]:
@@ -88,8 +95,10 @@ def test_every_eligible_user_synced_as_the_ground_truth(infrazen, sql, caplog):
     providers = sql(f"SELECT provider_id FROM {SCHEMA}.sync_snapshots ORDER BY provider_id")
     expected = sorted(p["id"] for u in synced_users(data) for p in data.eligible_providers(u))
     assert [p for (p,) in providers] == expected  # soft-deleted, inactive, manual providers never read
-    assert sql(f"SELECT count(*) FROM {SCHEMA}.complete_syncs c JOIN {SCHEMA}.provider_sync_references r "
-               "ON r.complete_sync_id = c.id")[0][0] == len(expected)
+    assert sql(
+        f"SELECT count(*) FROM {SCHEMA}.complete_syncs c JOIN {SCHEMA}.provider_sync_references r "
+        "ON r.complete_sync_id = c.id"
+    )[0][0] == len(expected)
 
     for pid in expected:
         if pid != bad:
@@ -100,11 +109,15 @@ def test_every_eligible_user_synced_as_the_ground_truth(infrazen, sql, caplog):
     # One provider refused: its rows with the real error, the user partial, the others success.
     status, n, ok, failed = outcome(sql, bad_user)
     assert (status, failed, ok) == ("partial", 1, n - 1)
-    ref = sql(f"SELECT sync_status, error_message FROM {SCHEMA}.provider_sync_references WHERE provider_id = %s",
-              (bad,))[0]
+    ref = sql(
+        f"SELECT sync_status, error_message FROM {SCHEMA}.provider_sync_references WHERE provider_id = %s", (bad,)
+    )[0]
     assert ref[0] == "error" and "Connection failed" in ref[1] and "Unknown error" not in ref[1]
-    assert sql(f"SELECT sync_status, sync_error IS NOT NULL, last_sync IS NOT NULL FROM {SCHEMA}.cloud_providers "
-               "WHERE id = %s", (bad,))[0] == ("error", True, True)
+    assert sql(
+        f"SELECT sync_status, sync_error IS NOT NULL, last_sync IS NOT NULL FROM {SCHEMA}.cloud_providers "
+        "WHERE id = %s",
+        (bad,),
+    )[0] == ("error", True, True)
     assert all(outcome(sql, u)[0] == "success" for u in synced_users(data) if u != bad_user)
     costs = sql(f"SELECT total_daily_cost, total_monthly_cost FROM {SCHEMA}.complete_syncs")
     assert all(abs(m - d * 30) < 0.05 for d, m in costs)
@@ -112,7 +125,10 @@ def test_every_eligible_user_synced_as_the_ground_truth(infrazen, sql, caplog):
     reported = xcom(run, "report_run")
     skipped = [u for u in data.eligible_users() if not data.eligible_providers(u)]
     assert (reported["successful_users"], reported["failed_users"], reported["skipped_users"]) == (
-        len(synced_users(data)), 0, len(skipped))
+        len(synced_users(data)),
+        0,
+        len(skipped),
+    )
     assert reported["mode"] == "manual" and len(reported["users"]) == len(data.eligible_users())
     assert sql(f"SELECT status FROM {SCHEMA}.sync_runs WHERE run_id = %s", (run.run_id,)) == [("success",)]
 
@@ -145,17 +161,24 @@ def _secrets(credentials: dict) -> list[str]:
 
 def test_all_providers_down_fails_the_user_and_the_run_after_the_others(infrazen, sql):
     data = infrazen.data
-    victim = next(u for u in synced_users(data) if len(data.eligible_providers(u)) >= 2
-                  and not {p["id"] for p in data.eligible_providers(u)} & data.bad_provider_ids)
+    victim = next(
+        u
+        for u in synced_users(data)
+        if len(data.eligible_providers(u)) >= 2
+        and not {p["id"] for p in data.eligible_providers(u)} & data.bad_provider_ids
+    )
     for p in data.eligible_providers(victim):
         account_faults(infrazen, p, error_status=503)
     run, states = run_dag(DAG)
     assert str(run.state) == "failed" and states["check_users"] == "failed", states
     assert states["report_run"] == "success"
     assert outcome(sql, victim)[0] == "error"
-    errors = sql(f"SELECT r.sync_status, r.error_message, s.sync_status FROM {SCHEMA}.provider_sync_references r "
-                 f"JOIN {SCHEMA}.sync_snapshots s ON s.id = r.sync_snapshot_id JOIN {SCHEMA}.complete_syncs c "
-                 "ON c.id = r.complete_sync_id WHERE c.user_id = %s", (victim,))
+    errors = sql(
+        f"SELECT r.sync_status, r.error_message, s.sync_status FROM {SCHEMA}.provider_sync_references r "
+        f"JOIN {SCHEMA}.sync_snapshots s ON s.id = r.sync_snapshot_id JOIN {SCHEMA}.complete_syncs c "
+        "ON c.id = r.complete_sync_id WHERE c.user_id = %s",
+        (victim,),
+    )
     assert len(errors) == len(data.eligible_providers(victim))
     assert all(r == "error" and s == "error" and "503" in e for r, e, s in errors)
     others = [u for u in synced_users(data) if u != victim]
@@ -191,7 +214,8 @@ def test_token_expiry_mid_sync(infrazen, sql):
     run, states = run_dag(DAG, {"user_ids": [big["user_id"]]})
     assert str(run.state) == "success", states
     assert sql(f"SELECT sync_status, sync_error FROM {SCHEMA}.cloud_providers WHERE id = %s", (big["id"],)) == [
-        ("success", None)]
+        ("success", None)
+    ]
     assert stored(sql, big["id"]) == data.expected_resources(big["id"])
 
 
@@ -203,8 +227,9 @@ def test_429_storms_are_obeyed(infrazen, sql):
     finally:
         infrazen.control("faults", {"burst_429": 0})
     assert str(run.state) == "success", states
-    good = [p["id"] for u in synced_users(data) for p in data.eligible_providers(u)
-            if p["id"] not in data.bad_provider_ids]
+    good = [
+        p["id"] for u in synced_users(data) for p in data.eligible_providers(u) if p["id"] not in data.bad_provider_ids
+    ]
     assert all(stored(sql, pid) == data.expected_resources(pid) for pid in good)
     rate = infrazen.state()["rate"]
     assert all(r["over_limit_accepted"] == 0 and r["early_after_429"] == 0 for r in rate.values()), rate
@@ -215,12 +240,15 @@ def test_dry_run_writes_nothing_and_user_ids_narrow(infrazen, sql):
     data = infrazen.data
     run, states = run_dag(DAG, {"dry_run": True})
     assert str(run.state) == "success", states
-    assert sql(f"SELECT (SELECT count(*) FROM {SCHEMA}.complete_syncs) + (SELECT count(*) FROM {SCHEMA}.resources)"
-               f" + (SELECT count(*) FROM {SCHEMA}.sync_snapshots)") == [(0,)]
+    assert sql(
+        f"SELECT (SELECT count(*) FROM {SCHEMA}.complete_syncs) + (SELECT count(*) FROM {SCHEMA}.resources)"
+        f" + (SELECT count(*) FROM {SCHEMA}.sync_snapshots)"
+    ) == [(0,)]
     assert sql(f"SELECT count(*) FROM {SCHEMA}.cloud_providers WHERE last_sync IS NOT NULL") == [(0,)]
     reported = xcom(run, "report_run")
-    assert reported["would_sync"] == [f"user {u}: {len(data.eligible_providers(u))} providers"
-                                      for u in synced_users(data)]
+    assert reported["would_sync"] == [
+        f"user {u}: {len(data.eligible_providers(u))} providers" for u in synced_users(data)
+    ]
     assert infrazen.state()["stats"]["requests"] == 0  # no provider asked
 
     excluded = next(u["id"] for u in data.app_users() if u["role"] == "demouser" or not u["is_active"])
@@ -228,7 +256,8 @@ def test_dry_run_writes_nothing_and_user_ids_narrow(infrazen, sql):
     run, states = run_dag(DAG, {"user_ids": [*wanted, excluded], "sync_type": "api"})
     assert str(run.state) == "success", states
     assert sql(f"SELECT user_id, sync_type FROM {SCHEMA}.complete_syncs ORDER BY user_id") == [
-        (u, "api") for u in wanted]
+        (u, "api") for u in wanted
+    ]
 
 
 def test_a_resource_no_longer_listed_is_marked_inactive_unless_its_read_failed(infrazen, sql):
@@ -236,9 +265,11 @@ def test_a_resource_no_longer_listed_is_marked_inactive_unless_its_read_failed(i
     user = data.provider(data.big_folder_provider_id)["user_id"]
     run, _ = run_dag(DAG, {"user_ids": [user]})
     pid = data.big_folder_provider_id
-    sql(f"INSERT INTO {SCHEMA}.resources (provider_id, resource_id, resource_name, resource_type, service_name,"
+    sql(
+        f"INSERT INTO {SCHEMA}.resources (provider_id, resource_id, resource_name, resource_type, service_name,"
         f" region) VALUES ({pid}, 'gone-1', 'gone', 'server', 'Compute', 'ru'), ({pid}, 'gone-2', 'gone', 'server',"
-        " 'Compute', 'ru')")
+        " 'Compute', 'ru')"
+    )
     account_faults(infrazen, data.provider(pid), error_status=500)
     run, _ = run_dag(DAG, {"user_ids": [user]})
     assert sql(f"SELECT count(*) FROM {SCHEMA}.resources WHERE resource_id LIKE 'gone-%%' AND is_active") == [(2,)]

@@ -87,27 +87,51 @@ def sync_user(user: dict, credentials: dict[int, str], settings: dict[str, dict]
     for order, provider in enumerate(user["providers"], start=1):
         kind, pid = provider["type"], provider["id"]
         began = _now()
-        outcome = {"user_id": user["user_id"], "provider_id": pid, "sync_order": order, "type": kind,
-                   "name": provider["name"], "started_at": began}
+        outcome = {
+            "user_id": user["user_id"],
+            "provider_id": pid,
+            "sync_order": order,
+            "type": kind,
+            "name": provider["name"],
+            "started_at": began,
+        }
         try:
             if kind not in PROVIDER_TYPES:
                 raise ProviderError(f"Connection failed: unknown provider type {kind!r}", connection=True)
             found = sync_provider(kind, credentials[pid], settings[kind]["hosts"], **settings[kind]["options"])
         except ProviderError as exc:
             message = error_text(str(exc))
-            outcome.update(status="error", error=message, duration=round(exc.duration), resources=0, cost=0.0,
-                           complete=False, stats=exc.stats, error_details={"connection": exc.connection},
-                           sync_config={"sync_success": False, "resources_synced": 0, "total_cost": 0,
-                                        "errors": [message]})
+            outcome.update(
+                status="error",
+                error=message,
+                duration=round(exc.duration),
+                resources=0,
+                cost=0.0,
+                complete=False,
+                stats=exc.stats,
+                error_details={"connection": exc.connection},
+                sync_config={"sync_success": False, "resources_synced": 0, "total_cost": 0, "errors": [message]},
+            )
         else:
             errors = [error_text(e) for e in found.errors]
-            outcome.update(status="success", error="; ".join(errors) or None, duration=round(found.duration),
-                           resources=len(found.resources), cost=found.total_daily_cost, complete=found.complete,
-                           stats=found.stats, metadata=found.metadata,
-                           error_details={"partial": errors} if errors else None,
-                           sync_config={"sync_success": True, "resources_synced": len(found.resources),
-                                        "total_cost": found.total_daily_cost, "errors": errors,
-                                        "account_id": found.account_id})
+            outcome.update(
+                status="success",
+                error="; ".join(errors) or None,
+                duration=round(found.duration),
+                resources=len(found.resources),
+                cost=found.total_daily_cost,
+                complete=found.complete,
+                stats=found.stats,
+                metadata=found.metadata,
+                error_details={"partial": errors} if errors else None,
+                sync_config={
+                    "sync_success": True,
+                    "resources_synced": len(found.resources),
+                    "total_cost": found.total_daily_cost,
+                    "errors": errors,
+                    "account_id": found.account_id,
+                },
+            )
             resources += [{**r, "user_id": user["user_id"], "provider_id": pid} for r in found.resources]
         outcome["completed_at"] = _now()
         outcomes.append(outcome)
@@ -125,8 +149,15 @@ def user_outcome(user: dict, outcomes: list[dict], started: str, seconds: float)
         status, message = "error", "All provider syncs failed"
     else:
         status = "partial"
-        message = "; ".join(filter(None, [f"{len(failed)} provider syncs failed" if failed else None,
-                                          f"{len(incomplete)} provider syncs incomplete" if incomplete else None]))
+        message = "; ".join(
+            filter(
+                None,
+                [
+                    f"{len(failed)} provider syncs failed" if failed else None,
+                    f"{len(incomplete)} provider syncs incomplete" if incomplete else None,
+                ],
+            )
+        )
     daily = round(sum(o["cost"] for o in outcomes), 2)
     return {
         "user_id": user["user_id"], "status": status, "started_at": started, "completed_at": _now(),
@@ -161,8 +192,10 @@ def sync_chunk(db: TargetDb, chunk: str, prefix: ObjectStoragePath, num_workers:
     credentials.clear()
     prefix.mkdir(parents=True, exist_ok=True)
     staging.write_ndjson(prefix / "resources.ndjson", (r for _, _, found in results for r in found))
-    staging.write_ndjson(prefix / "providers.ndjson",
-                         ({k: v for k, v in o.items() if k != "stats"} for _, outs, _ in results for o in outs))
+    staging.write_ndjson(
+        prefix / "providers.ndjson",
+        ({k: v for k, v in o.items() if k != "stats"} for _, outs, _ in results for o in outs),
+    )
     staging.write_ndjson(prefix / "users.ndjson", (u for u, _, _ in results))
     stats = [o.get("stats") or {} for _, outs, _ in results for o in outs]
     manifest = {
@@ -183,8 +216,11 @@ def sync_chunk(db: TargetDb, chunk: str, prefix: ObjectStoragePath, num_workers:
 
 def _statements(text: str) -> list[str]:
     """A file's statements (psycopg sends statements with parameters one at a time)."""
-    return [s for s in re.split(r";\s*\n", text) if s.strip() and not all(
-        line.strip().startswith("--") or not line.strip() for line in s.splitlines())]
+    return [
+        s
+        for s in re.split(r";\s*\n", text)
+        if s.strip() and not all(line.strip().startswith("--") or not line.strip() for line in s.splitlines())
+    ]
 
 
 def run_script(db: TargetDb, cur: Any, name: str, params: dict[str, Any]) -> list[dict]:
@@ -192,8 +228,11 @@ def run_script(db: TargetDb, cur: Any, name: str, params: dict[str, Any]) -> lis
     rows: list[dict] = []
     for statement in _statements(db.sql(name)):
         cur.execute(statement, params)
-        rows = [dict(zip([c.name for c in cur.description], row, strict=True)) for row in cur.fetchall()] \
-            if cur.description else []
+        rows = (
+            [dict(zip([c.name for c in cur.description], row, strict=True)) for row in cur.fetchall()]
+            if cur.description
+            else []
+        )
     return rows
 
 
@@ -216,10 +255,14 @@ def write_chunk(db: TargetDb, prefix: str, *, run_id: str, sync_type: str) -> di
         _copy(cur, "resources_raw", folder / "resources.ndjson")
         _copy(cur, "provider_outcomes", folder / "providers.ndjson")
         _copy(cur, "user_outcomes", folder / "users.ndjson")
+
         def write(user_ids: list[int] | None) -> None:
             # Only providers read completely may lose resources (their users' only: the delta holds no other).
-            complete = [p["provider_id"] for p in providers if p["status"] == "success" and p["complete"]
-                        and (user_ids is None or p["user_id"] in user_ids)]
+            complete = [
+                p["provider_id"]
+                for p in providers
+                if p["status"] == "success" and p["complete"] and (user_ids is None or p["user_id"] in user_ids)
+            ]
             params = {"users": user_ids, "run_id": run_id, "sync_type": sync_type, "complete": complete}
             staged = run_script(db, cur, "stage_resources", params)[0]
             counts = run_script(db, cur, "write_resources", params)[0]
@@ -263,9 +306,11 @@ def user_line(u: dict) -> str:
     mark = {"success": "✓", "failed": "✗", "skipped": "○"}[u["status"]]
     if u["status"] == "skipped":
         return f"{mark} user {u['user_id']}  skipped  {u['reason']}"
-    text = (f"{mark} user {u['user_id']}  {u['status']} ({u['sync_status']})  providers "
-            f"{u['successful_providers']}/{u['providers']}  resources {u['resources']}  "
-            f"daily {u['daily_cost']:.2f} RUB  {u['duration_s']}s")
+    text = (
+        f"{mark} user {u['user_id']}  {u['status']} ({u['sync_status']})  providers "
+        f"{u['successful_providers']}/{u['providers']}  resources {u['resources']}  "
+        f"daily {u['daily_cost']:.2f} RUB  {u['duration_s']}s"
+    )
     return text + (f"  error: {u['error']}" if u.get("error") else "")
 
 
