@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -167,7 +168,10 @@ def main() -> None:
     from tools.embedded_pg import running
 
     data, users, providers = pick(args.users)
-    with running(home / "pg") as pg, sandbox(args.latency) as url:
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(shutil.rmtree, home, ignore_errors=True)
+        pg = cleanup.enter_context(running(home / "pg"))
+        url = cleanup.enter_context(sandbox(args.latency))
         from test_infrazen_bulk_sync import provider_conns
 
         conns = provider_conns(url, rate_limit="8/s")
