@@ -156,6 +156,10 @@ def test_airflow_services_mount_staging_volume() -> None:
         "AIRFLOW_CONN_DS_API",
         "AIRFLOW_CONN_GRIST_API",
         "AIRFLOW_CONN_DS_TO_GRIST_DB",
+        "AIRFLOW_CONN_INFRAZEN_DB",
+        "AIRFLOW_CONN_INFRAZEN_YANDEX",
+        "AIRFLOW_CONN_INFRAZEN_SELECTEL",
+        "AIRFLOW_CONN_INFRAZEN_BEGET",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
         "AIRFLOW__CELERY__BROKER_URL",
         "AIRFLOW__API_AUTH__JWT_SECRET",
@@ -194,7 +198,12 @@ def test_default_connections_point_at_sandbox_and_target_db() -> None:
     ds, grist = json.loads(env["AIRFLOW_CONN_DS_API"]), json.loads(env["AIRFLOW_CONN_GRIST_API"])
     assert (ds["host"], ds["password"]) == ("http://sandbox:8046", ds_sandbox.DEFAULT_TOKEN)
     assert (grist["host"], grist["password"]) == ("http://sandbox:8484", grist_sandbox.DEFAULT_API_KEY)
-    for name in ("PORTAILDF", "GAZELLE", "DS_TO_GRIST"):
+    yandex = json.loads(env["AIRFLOW_CONN_INFRAZEN_YANDEX"])
+    assert yandex["host"] == "http://sandbox:8045/yandex/{service}"
+    selectel = json.loads(env["AIRFLOW_CONN_INFRAZEN_SELECTEL"])
+    assert selectel["extra"]["region_host"] == "http://sandbox:8045/selectel/regions/{region}"
+    assert "password" not in json.loads(env["AIRFLOW_CONN_INFRAZEN_BEGET"])  # users' own credentials only
+    for name in ("PORTAILDF", "GAZELLE", "DS_TO_GRIST", "INFRAZEN"):
         assert env[f"AIRFLOW_CONN_{name}_DB"] == "postgresql://usersync:usersync@target-db:5432/usersync"
 
 
@@ -227,7 +236,7 @@ def test_sandbox_service_runs_the_sandbox_with_healthcheck() -> None:
     if isinstance(command, str):
         command = command.split()
     assert "python -m sandbox all --host 0.0.0.0" in " ".join(command)
-    assert {str(port) for port in sandbox.get("expose", [])} == {"8042", "8043", "8044", "8046", "8484"}
+    assert {str(port) for port in sandbox.get("expose", [])} == {"8042", "8043", "8044", "8045", "8046", "8484"}
     assert sandbox.get("healthcheck", {}).get("test"), "sandbox has no healthcheck"
     assert sandbox.get("image") == _services()["airflow-worker"].get("image")
 

@@ -65,6 +65,18 @@ def demo_env(db_url: str, urls: dict[str, str], rate_per_second: int, gazelle_gr
     }
 
 
+def infrazen_env(db_url: str, url: str) -> dict[str, str]:
+    """infrazen_bulk_sync's connections: the app DB, and each provider's hosts pointed at the InfraZen sandbox."""
+    hosts = {
+        "yandex": {"host": f"{url}/yandex/{{service}}", "extra": {}},
+        "selectel": {"host": f"{url}/selectel/api", "extra": {"identity_host": f"{url}/selectel/cloud",
+                                                               "region_host": f"{url}/selectel/regions/{{region}}"}},
+        "beget": {"host": f"{url}/beget", "extra": {"cloud_host": f"{url}/beget"}},
+    }  # fmt: skip
+    return {"AIRFLOW_CONN_INFRAZEN_DB": db_url,
+            **{f"AIRFLOW_CONN_INFRAZEN_{k.upper()}": json.dumps({"conn_type": "http", **v}) for k, v in hosts.items()}}
+
+
 @contextlib.contextmanager
 def postgres(db_url: str | None):
     """The given database, or the project's embedded one under .demo/pg (kept between demos)."""
@@ -166,11 +178,14 @@ def main() -> int:
                         help="rows of the housing platform's users table (default 1,234)")
     parser.add_argument("--rate", type=int, default=20,
                         help="42 sandbox requests per second (the real API allows 2; default 20 for a quick demo)")
+    parser.add_argument("--infrazen-users", type=int, default=300,
+                        help="InfraZen users (with their cloud providers) the sandbox and app tables hold")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the services below are stopped on kill too
     DEMO.mkdir(exist_ok=True)
     sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
-    from tools.app_tables import seed_portaildf_users
+    from sandbox.infrazen import InfraZenData
+    from tools.app_tables import seed_infrazen, seed_portaildf_users
     from tools.embedded_pg import free_port
 
     # Each demo's Gazelle sandbox starts afresh: a new grant makes the sync start from it, not from the
@@ -184,10 +199,17 @@ def main() -> int:
         sandbox("gazelle", free_port(), "--refresh-token", gazelle_grant, "--per-second", "20") as gazelle_url,
         sandbox("ds", free_port()) as ds_url,
         sandbox("grist", free_port()) as grist_url,
+        sandbox("infrazen", free_port(), "--users", str(args.infrazen_users)) as infrazen_url,
     ):
         urls = {"intra42": intra42_url, "portaildf": portaildf_url, "gazelle": gazelle_url, "ds": ds_url,
                 "grist": grist_url}
         env = demo_env(db_url, urls, args.rate, gazelle_grant)
+        env.update(infrazen_env(db_url, infrazen_url))
+        infrazen_data = InfraZenData(args.infrazen_users)
+        added_users, added_providers = seed_infrazen(db_url.replace("postgres://", "postgresql://"), "infrazen",
+                                                     infrazen_data.app_users(), infrazen_data.app_providers())
+        print(f"== InfraZen providers sandbox {infrazen_url}; the app's infrazen.users/cloud_providers: "
+              f"{added_users:,} users and {added_providers:,} providers added")
         print(f"== Postgres {db_url}\n== 42 sandbox {intra42_url} ({args.students:,} students, {args.rate} req/s)")
         print(f"== Portail DF sandbox {portaildf_url} ({args.portaildf_users:,} users, 50 req/s)")
         print(f"== Gazelle sandbox {gazelle_url} (850 clients, 20 req/s)")
