@@ -234,7 +234,7 @@ def build(config: ds_grist.Config):
                 throttled=ds_api.get("throttled", 0) + grist_api.get("throttled", 0),
                 watermark=None if params["dry_run"] else fetched["watermark"],
             )
-            staging.remove_other_runs(dag_run.dag_id, dag_run.run_id)
+            staging.clean_up(dag_run.dag_id, dag_run.run_id)
             return report.publish(db, run)
 
         matched = match_grist_schema()
