@@ -42,8 +42,7 @@ def timed_load(prefix: str, run_id: str) -> dict[str, Any]:
     written = load.upsert(db, users, run_id=run_id)
     done = time.perf_counter()
     written["watermark"] = str(written.get("watermark"))
-    return {"stage_s": staged_at - started, "upsert_s": done - staged_at, "staged": staged,
-            "written": written}
+    return {"stage_s": staged_at - started, "upsert_s": done - staged_at, "staged": staged, "written": written}
 
 
 def main(argv: list[str]) -> None:

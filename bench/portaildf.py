@@ -73,8 +73,10 @@ def app_users(n: int) -> tuple[PortailDFData, list[dict[str, str]]]:
     rows = math.ceil(n / 0.97)  # ≈3 % of the generated users have no email
     while True:
         data = PortailDFData(rows, SEED)
-        users = sorted(({"id": u["id"], "email": u["email"].strip()} for u in data.app_users()
-                        if (u["email"] or "").strip()), key=lambda u: u["id"])
+        users = sorted(
+            ({"id": u["id"], "email": u["email"].strip()} for u in data.app_users() if (u["email"] or "").strip()),
+            key=lambda u: u["id"],
+        )
         if len(users) >= n:
             return data, users[:n]
         rows += n - len(users)
@@ -89,9 +91,26 @@ def sandbox(data: PortailDFData, rate: int, latency: float, server: str) -> Iter
         with serve(app) as url:
             yield url
         return
-    command = [sys.executable, "-m", "sandbox", "portaildf", "--port", "0", "--users", str(data.user_count),
-               "--seed", str(data.seed), "--username", USERNAME, "--password", PASSWORD,
-               "--per-second", str(rate), "--latency", str(latency)]
+    command = [
+        sys.executable,
+        "-m",
+        "sandbox",
+        "portaildf",
+        "--port",
+        "0",
+        "--users",
+        str(data.user_count),
+        "--seed",
+        str(data.seed),
+        "--username",
+        USERNAME,
+        "--password",
+        PASSWORD,
+        "--per-second",
+        str(rate),
+        "--latency",
+        str(latency),
+    ]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         line = process.stdout.readline()  # "portaildf sandbox listening on http://127.0.0.1:PORT"
@@ -111,10 +130,12 @@ def sandbox_state(url: str) -> dict[str, Any]:
 
 def server_counts(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     """What the sandbox saw between two states: requests, 429s sent, the most requests it accepted in one window."""
-    return {"requests": after["stats"]["requests"] - before["stats"]["requests"],
-            "throttled": after["stats"]["throttled"] - before["stats"]["throttled"],
-            "max_accepted_in_window": after["rate"]["windows"][0]["max_accepted_in_window"],
-            "limit": after["rate"]["windows"][0]["limit"]}
+    return {
+        "requests": after["stats"]["requests"] - before["stats"]["requests"],
+        "throttled": after["stats"]["throttled"] - before["stats"]["throttled"],
+        "max_accepted_in_window": after["rate"]["windows"][0]["max_accepted_in_window"],
+        "limit": after["rate"]["windows"][0]["limit"],
+    }
 
 
 # ----------------------------------------------------------------------------------------- checks
@@ -139,8 +160,12 @@ def check_answers(data: PortailDFData, answers: list[dict[str, Any]]) -> dict[st
 
 def percentiles(trips: list[float]) -> dict[str, float]:
     cuts = statistics.quantiles(trips, n=100) if len(trips) > 1 else trips * 99
-    return {"mean_ms": statistics.fmean(trips) * 1000, "p50_ms": cuts[49] * 1000, "p95_ms": cuts[94] * 1000,
-            "max_ms": max(trips) * 1000}
+    return {
+        "mean_ms": statistics.fmean(trips) * 1000,
+        "p50_ms": cuts[49] * 1000,
+        "p95_ms": cuts[94] * 1000,
+        "max_ms": max(trips) * 1000,
+    }
 
 
 # ----------------------------------------------------------------------------------------- measurements
@@ -183,10 +208,15 @@ def bench_sync(url: str, users: list[dict[str, str]], rate: int, workers: int, b
     from airflow.sdk import ObjectStoragePath
     from usersync import portaildf, staging
 
-    os.environ[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = json.dumps({
-        "conn_type": "http", "host": url, "login": USERNAME, "password": PASSWORD,
-        "extra": {"api_version": "1", "rate_limit": f"{rate}/s", "timeout": TIMEOUT},
-    })
+    os.environ[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = json.dumps(
+        {
+            "conn_type": "http",
+            "host": url,
+            "login": USERNAME,
+            "password": PASSWORD,
+            "extra": {"api_version": "1", "rate_limit": f"{rate}/s", "timeout": TIMEOUT},
+        }
+    )
     run_id = f"bench__{datetime.now(UTC):%Y%m%dT%H%M%S}_{batch_size}"
     chunks = staging.split_to_staging(staging.run_prefix(DAG_ID, run_id, "to_check"), users, batch_size)
 
@@ -197,11 +227,16 @@ def bench_sync(url: str, users: list[dict[str, str]], rate: int, workers: int, b
         lookups = staging.run_prefix(DAG_ID, run_id, "lookups")
         with portaildf.client(CONN_ID, hand_over=lookups / "_recent_calls.json") as api:
             watched = RoundTrips(api)
-            manifests.append(staging.fan_out_to_staging(
-                lookups / ObjectStoragePath(chunk).stem, staging.read_ndjson(chunk),
-                functools.partial(portaildf.lookup_user, api), api, workers,
-                failed=lambda answer: answer["outcome"] == "failed",
-            ))
+            manifests.append(
+                staging.fan_out_to_staging(
+                    lookups / ObjectStoragePath(chunk).stem,
+                    staging.read_ndjson(chunk),
+                    functools.partial(portaildf.lookup_user, api),
+                    api,
+                    workers,
+                    failed=lambda answer: answer["outcome"] == "failed",
+                )
+            )
         stalls.append(min(sent for sent, _ in watched.calls) - chunk_started)  # until its first call left
         trips += [trip for _, trip in watched.calls]
     wall = time.perf_counter() - started
@@ -209,9 +244,14 @@ def bench_sync(url: str, users: list[dict[str, str]], rate: int, workers: int, b
     answers = [a for m in manifests for a in staging.read_ndjson(f"{m['prefix']}/page-000001.ndjson")]
     assert len(answers) == len(users), (len(answers), len(users))
     return {
-        "wall_s": wall, "chunks": len(chunks), "stalls_s": stalls, "api_calls": sum(m["api_calls"] for m in manifests),
-        "throttled": sum(m["throttled"] for m in manifests), "retries": sum(m["retries"] for m in manifests),
-        "answers": answers, "round_trips": percentiles(trips),
+        "wall_s": wall,
+        "chunks": len(chunks),
+        "stalls_s": stalls,
+        "api_calls": sum(m["api_calls"] for m in manifests),
+        "throttled": sum(m["throttled"] for m in manifests),
+        "retries": sum(m["retries"] for m in manifests),
+        "answers": answers,
+        "round_trips": percentiles(trips),
     }
 
 
@@ -220,8 +260,9 @@ def bench_sequential(url: str, users: list[dict[str, str]]) -> dict[str, Any]:
     answers, trips = [], []
     started = time.perf_counter()
     with requests.Session() as session:
-        response = session.post(f"{url}/api/api-token-auth/", json={"username": USERNAME, "password": PASSWORD},
-                                timeout=TIMEOUT)
+        response = session.post(
+            f"{url}/api/api-token-auth/", json={"username": USERNAME, "password": PASSWORD}, timeout=TIMEOUT
+        )
         response.raise_for_status()
         session.headers["Authorization"] = f"Token {response.json()['token']}"
         for user in users:
@@ -230,22 +271,39 @@ def bench_sequential(url: str, users: list[dict[str, str]]) -> dict[str, Any]:
             trips.append(response.elapsed.total_seconds())
             wanted = user["email"].casefold()
             match = next((r for r in response.json()["results"] if r["email"].casefold() == wanted), None)
-            answers.append({"email": user["email"], "outcome": "not_found" if match is None else "found",
-                            "record": match})
-    return {"wall_s": time.perf_counter() - started, "users": len(users), "answers": answers,
-            "round_trips": percentiles(trips)}
+            answers.append(
+                {"email": user["email"], "outcome": "not_found" if match is None else "found", "record": match}
+            )
+    return {
+        "wall_s": time.perf_counter() - started,
+        "users": len(users),
+        "answers": answers,
+        "round_trips": percentiles(trips),
+    }
 
 
 # ----------------------------------------------------------------------------------------- report
 
 
 def machine() -> dict[str, str]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    mem_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                   if line.startswith("MemTotal"))
-    return {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "nproc": str(os.cpu_count()),
-            "memory": f"{mem_kib / 2**20:.1f} GiB", "cpu": cpu, "python": platform.python_version()}
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem_kib = next(
+        int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")
+    )
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": str(os.cpu_count()),
+        "memory": f"{mem_kib / 2**20:.1f} GiB",
+        "cpu": cpu,
+        "python": platform.python_version(),
+    }
 
 
 def verdict(ok: bool) -> str:
@@ -283,30 +341,44 @@ def build_table(args: argparse.Namespace, results: dict[str, Any], info: dict[st
             f"chunks 2+ waited {sum(stalls):.2f} s in all from their start to their first call "
             f"({max(stalls, default=0):.2f} s at most); "
             f"urllib3 'Connection pool is full' warnings: {results['pool_full']:,}",
-            f"N/R = {ideal:.2f} s", f"{ratio:.3f}×", "≤ 1.10× N/R, 0 × 429, ≤ R in any 1 s",
+            f"N/R = {ideal:.2f} s",
+            f"{ratio:.3f}×",
+            "≤ 1.10× N/R, 0 × 429, ≤ R in any 1 s",
             verdict(ratio <= 1.10 and no_429 and under_limit),
         ),
         (
             "sync: answers vs the sandbox's expected_kind",
             f"{checked['found']:,} found, {checked['not_found']:,} not found, {checked['failed']} failed; "
-            f"wrong: {checked['wrong']}", "—", "—", "0 wrong, 0 failed",
+            f"wrong: {checked['wrong']}",
+            "—",
+            "—",
+            "0 wrong, 0 failed",
             verdict(checked["wrong"] == 0 and checked["failed"] == 0),
         ),
         (
             f"sequential loop (the old way): measured on {seq['users']:,} users, ×{n / seq['users']:,.2f}",
             f"{estimate:.1f} s for {n:,} ({seq['wall_s']:.2f} s for {seq['users']:,}: "
             f"{seq['wall_s'] / seq['users'] * 1000:.1f} ms per user); wrong: {seq['checked']['wrong']}",
-            "—", "—", "—", "—",
+            "—",
+            "—",
+            "—",
+            "—",
         ),
         (
-            "speed-up: sequential estimate / sync", f"{speedup:.1f}×",
-            f"sequential / (N/R) = {best:.1f}×", f"{speedup / best:.3f} of it", "≥ 10× when R allows it",
+            "speed-up: sequential estimate / sync",
+            f"{speedup:.1f}×",
+            f"sequential / (N/R) = {best:.1f}×",
+            f"{speedup / best:.3f} of it",
+            "≥ 10× when R allows it",
             speedup_status,
         ),
         (
             "round trips (client-side Response.elapsed): the server keeps up",
             f"sync: {trips_text(sync['round_trips'])}; sequential: {trips_text(seq['round_trips'])}",
-            f"latency {args.latency * 1000:.0f} ms", "—", "p50 ≈ latency", "—",
+            f"latency {args.latency * 1000:.0f} ms",
+            "—",
+            "p50 ≈ latency",
+            "—",
         ),
     ]
     header = ("measurement", "ours", "ideal", "ratio", "target", "status")
@@ -340,10 +412,15 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=32, help="num_workers of each chunk")
     parser.add_argument("--batch-size", type=int, default=1000, help="users per chunk (the DAG's batch_size)")
     parser.add_argument("--latency", type=float, default=0.05, help="seconds the sandbox adds to each API answer")
-    parser.add_argument("--sequential-sample", type=int,
-                        help="users the sequential loop looks up (default 300, --quick 100)")
-    parser.add_argument("--server", choices=("thread", "process"), default="thread",
-                        help="sandbox in a thread of this process, or in a process of its own")
+    parser.add_argument(
+        "--sequential-sample", type=int, help="users the sequential loop looks up (default 300, --quick 100)"
+    )
+    parser.add_argument(
+        "--server",
+        choices=("thread", "process"),
+        default="thread",
+        help="sandbox in a thread of this process, or in a process of its own",
+    )
     args = parser.parse_args()
     args.users = args.users or (2000 if args.quick else 10_000)
     args.sequential_sample = args.sequential_sample or (100 if args.quick else 300)
@@ -372,8 +449,12 @@ def main() -> None:
 
     sync["checked"] = check_answers(data, sync.pop("answers"))
     sequential["checked"] = check_answers(data, sequential.pop("answers"))
-    results.update(sync=sync, sync_server=server_counts(state, after_sync), sequential=sequential,
-                   sequential_server=server_counts(after_sync, after_sequential))
+    results.update(
+        sync=sync,
+        sync_server=server_counts(state, after_sync),
+        sequential=sequential,
+        sequential_server=server_counts(after_sync, after_sequential),
+    )
 
     table = build_table(args, results, info)
     print(table)

@@ -96,9 +96,19 @@ def create_tables(url: str) -> None:
     from usersync.entities import INTRA42_USERS
     from usersync.entity import create_sql
 
-    files = ["create_schema", "create_sync_runs", "create_sync_runs_columns", "create_sync_runs_index",
-             "create_sync_runs_dedup", "create_sync_runs_run_idx", "create_quarantine", "create_quarantine_index",
-             "create_staged_deltas", "create_json_refusal", "create_timestamp_problem"]
+    files = [
+        "create_schema",
+        "create_sync_runs",
+        "create_sync_runs_columns",
+        "create_sync_runs_index",
+        "create_sync_runs_dedup",
+        "create_sync_runs_run_idx",
+        "create_quarantine",
+        "create_quarantine_index",
+        "create_staged_deltas",
+        "create_json_refusal",
+        "create_timestamp_problem",
+    ]
     with psycopg.connect(url, autocommit=True) as conn:
         for name in files:
             text = (ROOT / "include" / "sql" / "common" / f"{name}.sql").read_text().replace("{{ schema }}", "intra42")
@@ -155,8 +165,9 @@ def users_tuples_written(url: str) -> int:
     time.sleep(1.0)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SELECT pg_stat_clear_snapshot()")
-        return conn.execute("SELECT n_tup_ins + n_tup_upd + n_tup_del FROM pg_stat_user_tables "
-                            "WHERE relid = 'intra42.users'::regclass").fetchone()[0]
+        return conn.execute(
+            "SELECT n_tup_ins + n_tup_upd + n_tup_del FROM pg_stat_user_tables WHERE relid = 'intra42.users'::regclass"
+        ).fetchone()[0]
 
 
 # ----------------------------------------------------------------------------------------- measurements
@@ -177,8 +188,12 @@ def bench_first_load(url: str, prefix: str, directory: Path) -> dict[str, Any]:
         floors.append(floor_copy(url, directory))
     run = median_run(runs)
     assert run["written"]["inserted"] == run["staged"]["received"], run
-    return {"run": run, "totals": [r["stage_s"] + r["upsert_s"] for r in runs],
-            "floor_s": statistics.median(floors), "floors": floors}
+    return {
+        "run": run,
+        "totals": [r["stage_s"] + r["upsert_s"] for r in runs],
+        "floor_s": statistics.median(floors),
+        "floors": floors,
+    }
 
 
 def bench_resync(url: str, prefix: str) -> dict[str, Any]:
@@ -194,15 +209,19 @@ def bench_resync(url: str, prefix: str) -> dict[str, Any]:
         changed += sum(1 for key in before.keys() | after.keys() if before.get(key) != after.get(key))
         tuples += tuples_after - tuples_before
     run = median_run(runs)
-    return {"run": run, "totals": [r["stage_s"] + r["upsert_s"] for r in runs], "rows": len(after),
-            "xmin_changed": changed, "stat_tuples": tuples,
-            "inserted": sum(r["written"]["inserted"] for r in runs),
-            "updated": sum(r["written"]["updated"] for r in runs)}
+    return {
+        "run": run,
+        "totals": [r["stage_s"] + r["upsert_s"] for r in runs],
+        "rows": len(after),
+        "xmin_changed": changed,
+        "stat_tuples": tuples,
+        "inserted": sum(r["written"]["inserted"] for r in runs),
+        "updated": sum(r["written"]["updated"] for r in runs),
+    }
 
 
 def step_subprocess(*args: str) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, str(STEP), "rss", *args], check=True, capture_output=True,
-                         text=True)
+    out = subprocess.run([sys.executable, str(STEP), "rss", *args], check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -224,13 +243,17 @@ def bench_fetch(pages: int, rate: int) -> dict[str, Any]:
     from sandbox.intra42 import create_app
 
     data = Intra42Data(students=pages * PER_FILE)
-    app = create_app(data=data, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, per_second=rate,
-                     per_hour=1_000_000)
+    app = create_app(data=data, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, per_second=rate, per_hour=1_000_000)
     with serve(app) as url:
-        os.environ["AIRFLOW_CONN_INTRA42_API"] = json.dumps({
-            "conn_type": "http", "host": url, "login": CLIENT_ID, "password": CLIENT_SECRET,
-            "extra": {"rate_limit": f"{rate}/s"},
-        })
+        os.environ["AIRFLOW_CONN_INTRA42_API"] = json.dumps(
+            {
+                "conn_type": "http",
+                "host": url,
+                "login": CLIENT_ID,
+                "password": CLIENT_SECRET,
+                "extra": {"rate_limit": f"{rate}/s"},
+            }
+        )
         prefix = ObjectStoragePath(f"file://{STAGING}/fetch")
         started = time.perf_counter()
         api = intra42.client("intra42_api")
@@ -239,22 +262,39 @@ def bench_fetch(pages: int, rate: int) -> dict[str, Any]:
         wall = time.perf_counter() - started
         server = app.state.sandbox.stats.snapshot()
     assert manifest["records"] == pages * PER_FILE, manifest
-    return {"wall_s": wall, "ideal_s": pages / rate, "manifest": manifest, "server_429": server["throttled"],
-            "server_requests": server["requests"]}
+    return {
+        "wall_s": wall,
+        "ideal_s": pages / rate,
+        "manifest": manifest,
+        "server_429": server["throttled"],
+        "server_requests": server["requests"],
+    }
 
 
 # ----------------------------------------------------------------------------------------- report
 
 
 def machine() -> dict[str, str]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    mem_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                   if line.startswith("MemTotal"))
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem_kib = next(
+        int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")
+    )
     pg = subprocess.run([str(PG_BIN / "postgres"), "--version"], capture_output=True, text=True)
-    return {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "nproc": str(os.cpu_count()),
-            "memory": f"{mem_kib / 2**20:.1f} GiB", "cpu": cpu, "postgres": pg.stdout.strip(),
-            "python": platform.python_version()}
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": str(os.cpu_count()),
+        "memory": f"{mem_kib / 2**20:.1f} GiB",
+        "cpu": cpu,
+        "postgres": pg.stdout.strip(),
+        "python": platform.python_version(),
+    }
 
 
 def fmt_s(seconds: float) -> str:
@@ -271,49 +311,71 @@ def build_table(args: argparse.Namespace, results: dict[str, Any], info: dict[st
     run, floor = first["run"], first["floor_s"]
     total = run["stage_s"] + run["upsert_s"]
     ratio = total / floor
-    rows.append((
-        f"1. first load of {STUDENTS:,} students (stage + upsert), median of {REPEATS}",
-        f"{fmt_s(total)} = stage {fmt_s(run['stage_s'])} + upsert {fmt_s(run['upsert_s'])}",
-        f"bare COPY {fmt_s(floor)}", f"{ratio:.2f}×", "≤ 2 s and ≤ 3× floor",
-        verdict(total <= 2 and ratio <= 3),
-    ))
+    rows.append(
+        (
+            f"1. first load of {STUDENTS:,} students (stage + upsert), median of {REPEATS}",
+            f"{fmt_s(total)} = stage {fmt_s(run['stage_s'])} + upsert {fmt_s(run['upsert_s'])}",
+            f"bare COPY {fmt_s(floor)}",
+            f"{ratio:.2f}×",
+            "≤ 2 s and ≤ 3× floor",
+            verdict(total <= 2 and ratio <= 3),
+        )
+    )
     big = results["big"]
     run, floor = big["run"], big["floor_s"]
     total = run["stage_s"] + run["upsert_s"]
     size = results["big_students"]
-    rows.append((
-        f"2. first load of {size:,} students (stage + upsert), 1 run",
-        f"{fmt_s(total)} = stage {fmt_s(run['stage_s'])} + upsert {fmt_s(run['upsert_s'])}",
-        f"bare COPY {fmt_s(floor)}", f"{total / floor:.2f}×", "—", "—",
-    ))
+    rows.append(
+        (
+            f"2. first load of {size:,} students (stage + upsert), 1 run",
+            f"{fmt_s(total)} = stage {fmt_s(run['stage_s'])} + upsert {fmt_s(run['upsert_s'])}",
+            f"bare COPY {fmt_s(floor)}",
+            f"{total / floor:.2f}×",
+            "—",
+            "—",
+        )
+    )
     peak, base = big["run"]["maxrss_kib"] * 1024 / 1e6, big["baseline_kib"] * 1024 / 1e6
-    rows.append((
-        "2. peak RSS of the process doing 2.",
-        f"{peak:.0f} MB (step adds {peak - base:.0f} MB)", f"imports only: {base:.0f} MB", "—",
-        "< 300 MB", verdict(peak < 300),
-    ))
+    rows.append(
+        (
+            "2. peak RSS of the process doing 2.",
+            f"{peak:.0f} MB (step adds {peak - base:.0f} MB)",
+            f"imports only: {base:.0f} MB",
+            "—",
+            "< 300 MB",
+            verdict(peak < 300),
+        )
+    )
     resync = results["resync"]
     run = resync["run"]
     written = resync["xmin_changed"]
-    rows.append((
-        f"3. unchanged re-sync of {STUDENTS:,} students, median of {REPEATS}",
-        f"{fmt_s(run['stage_s'] + run['upsert_s'])} = stage {fmt_s(run['stage_s'])} + upsert "
-        f"{fmt_s(run['upsert_s'])}; rows written: {written} (xmin changed), "
-        f"{resync['inserted']} inserted + {resync['updated']} updated (upsert), "
-        f"{resync['stat_tuples']} (pg_stat n_tup_ins+upd+del), over {REPEATS} runs",
-        "—", "—", "0 rows", verdict(written == 0 and resync["inserted"] + resync["updated"] == 0
-                                    and resync["stat_tuples"] == 0),
-    ))
+    rows.append(
+        (
+            f"3. unchanged re-sync of {STUDENTS:,} students, median of {REPEATS}",
+            f"{fmt_s(run['stage_s'] + run['upsert_s'])} = stage {fmt_s(run['stage_s'])} + upsert "
+            f"{fmt_s(run['upsert_s'])}; rows written: {written} (xmin changed), "
+            f"{resync['inserted']} inserted + {resync['updated']} updated (upsert), "
+            f"{resync['stat_tuples']} (pg_stat n_tup_ins+upd+del), over {REPEATS} runs",
+            "—",
+            "—",
+            "0 rows",
+            verdict(written == 0 and resync["inserted"] + resync["updated"] == 0 and resync["stat_tuples"] == 0),
+        )
+    )
     fetch = results["fetch"]
     ratio = fetch["wall_s"] / fetch["ideal_s"]
     throttled = fetch["manifest"]["throttled"]
-    rows.append((
-        f"4. fetch {args.pages} pages × 100 students from the sandbox at {args.rate} req/s",
-        f"{fmt_s(fetch['wall_s'])}; {fetch['manifest']['api_calls']} client calls (token included), "
-        f"429s: {throttled} seen by the client, {fetch['server_429']} sent by the sandbox",
-        f"N/R = {fmt_s(fetch['ideal_s'])}", f"{ratio:.3f}×", "≤ 1.10× N/R, 0 × 429",
-        verdict(ratio <= 1.10 and throttled == 0 and fetch["server_429"] == 0),
-    ))
+    rows.append(
+        (
+            f"4. fetch {args.pages} pages × 100 students from the sandbox at {args.rate} req/s",
+            f"{fmt_s(fetch['wall_s'])}; {fetch['manifest']['api_calls']} client calls (token included), "
+            f"429s: {throttled} seen by the client, {fetch['server_429']} sent by the sandbox",
+            f"N/R = {fmt_s(fetch['ideal_s'])}",
+            f"{ratio:.3f}×",
+            "≤ 1.10× N/R, 0 × 429",
+            verdict(ratio <= 1.10 and throttled == 0 and fetch["server_429"] == 0),
+        )
+    )
     header = ("measurement", "ours", "floor / ideal", "ratio", "target", "status")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -334,8 +396,7 @@ def build_table(args: argparse.Namespace, results: dict[str, Any], info: dict[st
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke run: 40,335 students only, 20 pages")
     parser.add_argument("--pages", type=int, help="pages to fetch in 4. (default 100, --quick 20)")
     parser.add_argument("--rate", type=int, default=10, help="sandbox and client rate limit in 4. (req/s)")

@@ -68,8 +68,9 @@ def run_entities(context) -> list[str]:
 def window(entity: str, moment: datetime, params) -> dict[str, str] | None:
     """What a windowed entity's run holds: its rows there mirror the API."""
     if entity == "appointments":
-        return gazelle.appointment_days(moment, TIMEZONE, params["appointments_days_back"],
-                                        params["appointments_days_ahead"])
+        return gazelle.appointment_days(
+            moment, TIMEZONE, params["appointments_days_back"], params["appointments_days_ahead"]
+        )
     if entity == "timeline":
         return gazelle.timeline_window(moment)
     return None
@@ -110,9 +111,16 @@ def entity_figures(ti, entity: str, entities: list[str]) -> dict:
     fetched, staged, written = (ti.xcom_pull(task_ids=f"{step}_{entity}") for step in steps)
     figures = {}
     if fetched:
-        figures.update({"fetched": fetched["records"], "pages": fetched["pages"], "api_calls": fetched["api_calls"],
-                        "throttled": fetched["throttled"], "retries": fetched["retries"],
-                        **({"window": fetched["window"]} if fetched["window"] else {})})
+        figures.update(
+            {
+                "fetched": fetched["records"],
+                "pages": fetched["pages"],
+                "api_calls": fetched["api_calls"],
+                "throttled": fetched["throttled"],
+                "retries": fetched["retries"],
+                **({"window": fetched["window"]} if fetched["window"] else {}),
+            }
+        )
     figures.update({k: v for k, v in (staged or {}).items() if k != "received"})
     figures.update({k: v for k, v in (written or {}).items() if k != "marked_deleted" or fetched["window"]})
     if written is None:
@@ -124,26 +132,45 @@ def entity_figures(ti, entity: str, entities: list[str]) -> dict:
 @dag(
     dag_id="gazelle_sync",
     description="Gazelle users, clients, pianos, appointments, timeline -> gazelle schema",
-    schedule=MultipleCronTriggerTimetable(f"0 {FULL_SYNC_HOUR} * * *", f"0 {WORKING_HOURS} * * *",
-                                          timezone=TIMEZONE.key),
+    schedule=MultipleCronTriggerTimetable(
+        f"0 {FULL_SYNC_HOUR} * * *", f"0 {WORKING_HOURS} * * *", timezone=TIMEZONE.key
+    ),
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,  # also keeps the hourly refresh off the staging tables while the nightly sync runs
     default_args=dag_parts.default_args(db),
     tags=["usersync", "gazelle"],
     params={
-        "entities": Param(ENTITIES, type="array", items={"type": "string", "enum": ENTITIES}, minItems=1,
-                          uniqueItems=True, description="What to sync (all by default; the scheduled "
-                          "working-hours runs sync the appointments only)."),
-        "dry_run": Param(False, type="boolean", description="Fetch and stage everything, report what would "
-                         "change, write nothing."),
+        "entities": Param(
+            ENTITIES,
+            type="array",
+            items={"type": "string", "enum": ENTITIES},
+            minItems=1,
+            uniqueItems=True,
+            description="What to sync (all by default; the scheduled working-hours runs sync the appointments only).",
+        ),
+        "dry_run": Param(
+            False, type="boolean", description="Fetch and stage everything, report what would change, write nothing."
+        ),
         "page_size": Param(100, type="integer", minimum=1, maximum=100, description="Records per API page."),
-        "appointments_days_back": Param(7, type="integer", minimum=0, description="Appointments window: from "
-                                        "this many days before today (account time)."),
-        "appointments_days_ahead": Param(14, type="integer", minimum=0, description="Appointments window: to "
-                                         "this many days after today (account time)."),
-        "force_users": Param(False, type="boolean", description="Sync the technicians even though "
-                             "gazelle.users already has rows (the 1st of each month always does)."),
+        "appointments_days_back": Param(
+            7,
+            type="integer",
+            minimum=0,
+            description="Appointments window: from this many days before today (account time).",
+        ),
+        "appointments_days_ahead": Param(
+            14,
+            type="integer",
+            minimum=0,
+            description="Appointments window: to this many days after today (account time).",
+        ),
+        "force_users": Param(
+            False,
+            type="boolean",
+            description="Sync the technicians even though "
+            "gazelle.users already has rows (the 1st of each month always does).",
+        ),
     },
     template_searchpath=[str(SQL_DIR)],
     user_defined_macros={"schema": SCHEMA},
@@ -153,19 +180,43 @@ def gazelle_sync():
     # Without a token the endpoint answers 401: it is up (the fetches check the credentials).
     api_available = dag_parts.api_sensor(API_CONN, gazelle.GRAPHQL_PATH, method="POST", up=(200, 400, 401))
 
-    create_tables = dag_parts.create_tables(DB_CONN, SCHEMA, "gazelle", [
-        "create_users", "create_clients", "create_contacts", "create_pianos", "create_events",
-        "create_timeline_entries", "upgrade_tables", "create_contacts_client_id_idx",
-        "create_pianos_client_id_idx", "create_events_client_id_idx", "create_events_start_idx",
-        "create_events_local_date_idx", "create_timeline_entries_client_id_idx",
-        "create_timeline_entries_piano_id_idx", "create_timeline_entries_occurred_at_idx",
-        "create_users_delta", "create_clients_delta", "create_contacts_delta", "create_pianos_delta",
-        "create_events_delta", "create_timeline_entries_delta",
-    ])
+    create_tables = dag_parts.create_tables(
+        DB_CONN,
+        SCHEMA,
+        "gazelle",
+        [
+            "create_users",
+            "create_clients",
+            "create_contacts",
+            "create_pianos",
+            "create_events",
+            "create_timeline_entries",
+            "upgrade_tables",
+            "create_contacts_client_id_idx",
+            "create_pianos_client_id_idx",
+            "create_events_client_id_idx",
+            "create_events_start_idx",
+            "create_events_local_date_idx",
+            "create_timeline_entries_client_id_idx",
+            "create_timeline_entries_piano_id_idx",
+            "create_timeline_entries_occurred_at_idx",
+            "create_users_delta",
+            "create_clients_delta",
+            "create_contacts_delta",
+            "create_pianos_delta",
+            "create_events_delta",
+            "create_timeline_entries_delta",
+        ],
+    )
 
     users_needed = branch_unless_populated(
-        db, "users", sync_task_id="fetch_users", skip_task_id="users_already_synced", force_param="force_users",
-        force_if=first_of_the_month, task_id="users_needed",
+        db,
+        "users",
+        sync_task_id="fetch_users",
+        skip_task_id="users_already_synced",
+        force_param="force_users",
+        force_if=first_of_the_month,
+        task_id="users_needed",
     )
     users_already_synced = EmptyOperator(task_id="users_already_synced")
 
@@ -187,8 +238,9 @@ def gazelle_sync():
     @noting_failure
     def stage(entity: str, ti=None, dag_run=None) -> dict:
         stream, fetched = gazelle.STREAMS[entity], returned_by(ti, f"fetch_{entity}")
-        return load.stage(db, stream.entity, fetched["prefix"], dag_run.run_id, children=stream.children,
-                          params=fetched["window"])
+        return load.stage(
+            db, stream.entity, fetched["prefix"], dag_run.run_id, children=stream.children, params=fetched["window"]
+        )
 
     @task(trigger_rule="none_failed")
     @noting_failure
@@ -196,9 +248,16 @@ def gazelle_sync():
         stream, held = gazelle.STREAMS[entity], returned_by(ti, f"fetch_{entity}")["window"]
         # A window's fetch is all the API has in it: what the table holds there and the API lacks is cancelled
         # (appointments) or removed (timeline).
-        return load.upsert(db, stream.entity, run_id=dag_run.run_id, dry_run=params["dry_run"],
-                           children=stream.children, full_refresh=held is not None, scope=held,
-                           max_delete_share=WINDOW_MAX_REMOVED)
+        return load.upsert(
+            db,
+            stream.entity,
+            run_id=dag_run.run_id,
+            dry_run=params["dry_run"],
+            children=stream.children,
+            full_refresh=held is not None,
+            scope=held,
+            max_delete_share=WINDOW_MAX_REMOVED,
+        )
 
     @task(trigger_rule="all_done")  # the run is recorded whatever failed
     def report_run(**context) -> dict:
@@ -206,11 +265,19 @@ def gazelle_sync():
         entities = run_entities(context)
         per_entity = {entity: entity_figures(ti, entity, entities) for entity in ENTITIES}
         failed = {entity: figures["error"] for entity, figures in per_entity.items() if "error" in figures}
-        totals = {key: sum(figures.get(key, 0) for figures in per_entity.values())
-                  for key in ("fetched", "inserted", "updated", "unchanged", "quarantined", "api_calls", "throttled")}
+        totals = {
+            key: sum(figures.get(key, 0) for figures in per_entity.values())
+            for key in ("fetched", "inserted", "updated", "unchanged", "quarantined", "api_calls", "throttled")
+        }
         run = report.build_report(
-            dag_id=dag_run.dag_id, run_id=dag_run.run_id, dry_run=params["dry_run"], started_at=dag_run.start_date,
-            mode="appointments" if entities == ["appointments"] else "full", **totals, **per_entity, failed=failed,
+            dag_id=dag_run.dag_id,
+            run_id=dag_run.run_id,
+            dry_run=params["dry_run"],
+            started_at=dag_run.start_date,
+            mode="appointments" if entities == ["appointments"] else "full",
+            **totals,
+            **per_entity,
+            failed=failed,
         )
         staging.clean_up(dag_run.dag_id, dag_run.run_id)
         return report.publish(db, run)
@@ -227,8 +294,9 @@ def gazelle_sync():
         fetched = fetch.override(task_id=f"fetch_{entity}")(entity)
         staged = stage.override(task_id=f"stage_{entity}")(entity)
         tables = (gazelle.STREAMS[entity].entity, *gazelle.STREAMS[entity].children)
-        written = upsert.override(task_id=f"upsert_{entity}",
-                                  outlets=[dag_parts.table_asset(db, table) for table in tables])(entity)
+        written = upsert.override(
+            task_id=f"upsert_{entity}", outlets=[dag_parts.table_asset(db, table) for table in tables]
+        )(entity)
         fetched >> staged >> written
         steps[entity] = (fetched, staged, written)
         if entity == "users":
@@ -242,5 +310,3 @@ def gazelle_sync():
 
 
 gazelle_sync()
-
-

@@ -34,38 +34,70 @@ def fetch_students(entity, window: dict, prefix, params: dict) -> dict:
     return staging.fetch_to_staging(prefix, pages, {"after_id": 0}, api)
 
 
-@dag(**pipeline.dag_args(
-    "intra42_users", db=db, description="42 intra API cursus-21 students -> intra42.users",
-    schedule=CronDataIntervalTimetable("0 */6 * * *", timezone="UTC"), doc=__doc__, tags=["users"],
-    full_refresh="Fetch every student, not only the changes; students the API no longer returns are marked "
-                 "deleted.",
-    dry_run="Fetch and stage, report what would change, write nothing to intra42.users.",
-    params={
-        "interval_only": Param(False, type="boolean", description="Fetch only this run's data interval "
-                               "(what backfill runs always do)."),
-        "per_page": Param(100, type="integer", minimum=1, maximum=100, description="Students per API page."),
-        "max_delete_share": Param(0.10, type="number", minimum=0, maximum=1, **dag_parts.FINITE,
-                                  description="A full refresh refuses to mark more than this share of the "
-                                  "students deleted."),
-        "overlap_minutes": Param(5, type="integer", minimum=0, description="An incremental run reads again "
-                                 "the changes dated up to this long before the watermark (late writes)."),
-        "reconcile_every_hours": Param(24, type="integer", minimum=0, description="A scheduled or manual run "
-                                       "reads everything (and marks the students gone) when the last full "
-                                       "read is this old; 0: never by itself."),
-    },
-))
+@dag(
+    **pipeline.dag_args(
+        "intra42_users",
+        db=db,
+        description="42 intra API cursus-21 students -> intra42.users",
+        schedule=CronDataIntervalTimetable("0 */6 * * *", timezone="UTC"),
+        doc=__doc__,
+        tags=["users"],
+        full_refresh="Fetch every student, not only the changes; students the API no longer returns are marked "
+        "deleted.",
+        dry_run="Fetch and stage, report what would change, write nothing to intra42.users.",
+        params={
+            "interval_only": Param(
+                False, type="boolean", description="Fetch only this run's data interval (what backfill runs always do)."
+            ),
+            "per_page": Param(100, type="integer", minimum=1, maximum=100, description="Students per API page."),
+            "max_delete_share": Param(
+                0.10,
+                type="number",
+                minimum=0,
+                maximum=1,
+                **dag_parts.FINITE,
+                description="A full refresh refuses to mark more than this share of the students deleted.",
+            ),
+            "overlap_minutes": Param(
+                5,
+                type="integer",
+                minimum=0,
+                description="An incremental run reads again "
+                "the changes dated up to this long before the watermark (late writes).",
+            ),
+            "reconcile_every_hours": Param(
+                24,
+                type="integer",
+                minimum=0,
+                description="A scheduled or manual run "
+                "reads everything (and marks the students gone) when the last full "
+                "read is this old; 0: never by itself.",
+            ),
+        },
+    )
+)
 def intra42_users():
     # The token endpoint answers 200 only when the API is up and the credentials (sent as basic auth) are good.
-    api_available = dag_parts.api_sensor(API_CONN, "oauth/token", method="POST", send_login=True,
-                                         request_params={"grant_type": "client_credentials"})
+    api_available = dag_parts.api_sensor(
+        API_CONN, "oauth/token", method="POST", send_login=True, request_params={"grant_type": "client_credentials"}
+    )
 
     @task
     def report_run(window: dict, fetched: dict, staged: dict, written: dict, params=None, dag_run=None) -> dict:
         run = report.build_report(
-            dag_id=dag_run.dag_id, run_id=dag_run.run_id, mode=window["mode"], dry_run=params["dry_run"],
-            started_at=dag_run.start_date, window=window.get("why"),
-            fetched=fetched["records"], pages=fetched["pages"], **staged, **written,
-            api_calls=fetched["api_calls"], throttled=fetched["throttled"], retries=fetched["retries"],
+            dag_id=dag_run.dag_id,
+            run_id=dag_run.run_id,
+            mode=window["mode"],
+            dry_run=params["dry_run"],
+            started_at=dag_run.start_date,
+            window=window.get("why"),
+            fetched=fetched["records"],
+            pages=fetched["pages"],
+            **staged,
+            **written,
+            api_calls=fetched["api_calls"],
+            throttled=fetched["throttled"],
+            retries=fetched["retries"],
         )
         staging.clean_up(dag_run.dag_id, dag_run.run_id)
         return report.publish(db, run)

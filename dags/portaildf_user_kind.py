@@ -32,20 +32,40 @@ API_CONN, DB_CONN, SCHEMA = "portaildf_api", "portaildf_db", "portaildf"
 db = TargetDb(DB_CONN, SCHEMA, sync="portaildf")
 
 
-@dag(**pipeline.dag_args(
-    "portaildf_user_kind", db=db, description="Cerema Portail DF directory -> portaildf.users.kind",
-    schedule=CronTriggerTimetable("0 3 * * *", timezone="UTC"), doc=__doc__, tags=["users"],
-    dry_run="Look everyone up and report the kind changes (old kind -> new kind) without writing them.",
-    params={
-        "limit": Param(None, type=["null", "integer"], minimum=1, description="Check at most this many users "
-                       "(in id order). Empty: all of them."),
-        "batch_size": Param(1000, type="integer", minimum=1, maximum=100_000, description="Users per lookup "
-                            "chunk: one mapped task each, retried on its own."),
-        "num_workers": Param(4, type="integer", minimum=1, maximum=64, description="Concurrent requests per "
-                             "chunk. The connection's rate_limit caps them all together."),
-        "only_missing": Param(False, type="boolean", description="Check only the users whose kind is empty."),
-    },
-))
+@dag(
+    **pipeline.dag_args(
+        "portaildf_user_kind",
+        db=db,
+        description="Cerema Portail DF directory -> portaildf.users.kind",
+        schedule=CronTriggerTimetable("0 3 * * *", timezone="UTC"),
+        doc=__doc__,
+        tags=["users"],
+        dry_run="Look everyone up and report the kind changes (old kind -> new kind) without writing them.",
+        params={
+            "limit": Param(
+                None,
+                type=["null", "integer"],
+                minimum=1,
+                description="Check at most this many users (in id order). Empty: all of them.",
+            ),
+            "batch_size": Param(
+                1000,
+                type="integer",
+                minimum=1,
+                maximum=100_000,
+                description="Users per lookup chunk: one mapped task each, retried on its own.",
+            ),
+            "num_workers": Param(
+                4,
+                type="integer",
+                minimum=1,
+                maximum=64,
+                description="Concurrent requests per chunk. The connection's rate_limit caps them all together.",
+            ),
+            "only_missing": Param(False, type="boolean", description="Check only the users whose kind is empty."),
+        },
+    )
+)
 def portaildf_user_kind():
     # Without a token the API answers 401: it is up (the lookups check the credentials).
     api_available = dag_parts.api_sensor(API_CONN, "api/utilisateurs", up=(200, 401, 403))
@@ -68,8 +88,11 @@ def portaildf_user_kind():
         try:
             with portaildf.client(API_CONN, hand_over=lookups / "_recent_calls.json") as api:
                 return staging.fan_out_to_staging(
-                    lookups / ObjectStoragePath(chunk).stem, staging.read_ndjson(chunk),
-                    functools.partial(portaildf.lookup_user, api), api, params["num_workers"],
+                    lookups / ObjectStoragePath(chunk).stem,
+                    staging.read_ndjson(chunk),
+                    functools.partial(portaildf.lookup_user, api),
+                    api,
+                    params["num_workers"],
                     failed=portaildf.lookup_failed,
                 )
         except AuthError as exc:
@@ -90,16 +113,27 @@ def portaildf_user_kind():
         calls = sum(c["api_calls"] for c in chunks)
         seconds = sum(c["duration_s"] for c in chunks)
         run = report.build_report(
-            dag_id=dag_run.dag_id, run_id=dag_run.run_id, dry_run=params["dry_run"], started_at=dag_run.start_date,
+            dag_id=dag_run.dag_id,
+            run_id=dag_run.run_id,
+            dry_run=params["dry_run"],
+            started_at=dag_run.start_date,
             mode="only_missing" if params["only_missing"] else "all",
-            processed=sum(c["records"] for c in chunks), chunks=len(chunks),
-            updated=written["updated"], unchanged=written["unchanged"], not_found=staged["not_found"],
-            failed=staged["failed"], ambiguous=staged["ambiguous"], quarantined=staged["quarantined"],
+            processed=sum(c["records"] for c in chunks),
+            chunks=len(chunks),
+            updated=written["updated"],
+            unchanged=written["unchanged"],
+            not_found=staged["not_found"],
+            failed=staged["failed"],
+            ambiguous=staged["ambiguous"],
+            quarantined=staged["quarantined"],
             kinds=written["kinds"],
-            transitions=written["transitions"], api_calls=calls,
+            transitions=written["transitions"],
+            api_calls=calls,
             requests_per_s=round(calls / seconds, 1) if seconds else 0.0,
-            throttled=sum(c["throttled"] for c in chunks), retries=sum(c["retries"] for c in chunks),
-            not_found_ids=staged["not_found_ids"], failures=staged["failures"],
+            throttled=sum(c["throttled"] for c in chunks),
+            retries=sum(c["retries"] for c in chunks),
+            not_found_ids=staged["not_found_ids"],
+            failures=staged["failures"],
         )
         staging.clean_up(dag_run.dag_id, dag_run.run_id)
         return report.publish(db, run)

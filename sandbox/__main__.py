@@ -181,7 +181,9 @@ def _ds(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8046, help="0 picks a free port")
     parser.add_argument(
-        "--demarche", action="append", metavar="NUMBER:DOSSIERS:CHAMPS",
+        "--demarche",
+        action="append",
+        metavar="NUMBER:DOSSIERS:CHAMPS",
         help="a démarche to generate (repeatable; default 101:120:40 and 102:60:12)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated data")
@@ -225,8 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     everything = sub.add_parser("all", help="every API with its defaults, each on its default port")
     everything.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args(argv)
-    chosen = [parser.parse_args([api, "--host", args.host]) for api in sub.choices if api != "all"] \
-        if args.api == "all" else [args]
+    chosen = (
+        [parser.parse_args([api, "--host", args.host]) for api in sub.choices if api != "all"]
+        if args.api == "all"
+        else [args]
+    )
     with contextlib.ExitStack() as stack:
         for one in chosen:
             try:

@@ -480,9 +480,7 @@ def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2)
     server = uvicorn.Server(config)
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, name=f"sandbox:{port}", daemon=True
-    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"sandbox:{port}", daemon=True)
     thread.start()
     try:
         deadline = time.monotonic() + 10
@@ -511,9 +509,7 @@ def add_fault_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--burst-429", type=int, default=0, help="the next N API requests get 429")
     group.add_argument("--burst-retry-after", type=float, default=1.0, help="Retry-After of burst 429s")
     group.add_argument("--truncate-rate", type=float, default=0.0, help="fraction of 200 bodies cut short")
-    group.add_argument(
-        "--duplicate-rate", type=float, default=0.0, help="fraction of pages repeating records"
-    )
+    group.add_argument("--duplicate-rate", type=float, default=0.0, help="fraction of pages repeating records")
     group.add_argument("--corrupt-rate", type=float, default=0.0, help="fraction of listed records malformed")
     group.add_argument("--fault-seed", type=int, default=0, help="seed of the fault RNG")
 

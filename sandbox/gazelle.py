@@ -259,8 +259,14 @@ class GazelleData:
 
     KINDS = ("users", "clients", "pianos", "events", "timeline")
 
-    def __init__(self, clients: int = 850, technicians: int = 5, seed: int = 0, anchor: date | None = None,
-                 timezone: str = "America/Toronto"):
+    def __init__(
+        self,
+        clients: int = 850,
+        technicians: int = 5,
+        seed: int = 0,
+        anchor: date | None = None,
+        timezone: str = "America/Toronto",
+    ):
         if clients < 0:
             raise ValueError("clients must be >= 0")
         if technicians < 1:
@@ -406,8 +412,11 @@ class GazelleData:
                     "notes": rnd.choice(_PIANO_NOTES) if rnd.random() < 0.3 else None,
                     "damppChaserInstalled": dampp,
                     "damppChaserHumidistatModel": rnd.choice(_HUMIDISTATS) if dampp else None,
-                    "damppChaserMfgDate": (date(rnd.randint(2005, 2025), rnd.randint(1, 12), 1).isoformat()
-                                           if dampp and rnd.random() < 0.7 else None),
+                    "damppChaserMfgDate": (
+                        date(rnd.randint(2005, 2025), rnd.randint(1, 12), 1).isoformat()
+                        if dampp and rnd.random() < 0.7
+                        else None
+                    ),
                     "createdAt": iso(p_created),
                     "updatedAt": iso(p_updated),
                 }
@@ -630,26 +639,43 @@ class GazelleData:
         with self._lock:
             records, before = self._records, iso(self._anchor_s - _DAY)[:10]
             lonely = [c for c in records["clients"].values() if c["contacts"] and not self._pianos_of.get(c["id"])]
-            clients = dict(zip(("nul", "lone_surrogate", "impossible_date", "offset_99", "contact_hour_25"),
-                               lonely[:: max(1, len(lonely) // 5)], strict=False))
-            fields = {"nul": {"companyName": "Nul\x00l"}, "lone_surrogate": {"personalNotes": "Half \ud83d"},
-                      "impossible_date": {"updatedAt": "2026-02-30T10:00:00Z"},
-                      "offset_99": {"updatedAt": "2025-06-01T10:00:00+99:00"}}
+            clients = dict(
+                zip(
+                    ("nul", "lone_surrogate", "impossible_date", "offset_99", "contact_hour_25"),
+                    lonely[:: max(1, len(lonely) // 5)],
+                    strict=False,
+                )
+            )
+            fields = {
+                "nul": {"companyName": "Nul\x00l"},
+                "lone_surrogate": {"personalNotes": "Half \ud83d"},
+                "impossible_date": {"updatedAt": "2026-02-30T10:00:00Z"},
+                "offset_99": {"updatedAt": "2025-06-01T10:00:00+99:00"},
+            }
             for kind, client in clients.items():
                 client = records["clients"][client["id"]] = dict(client, **fields.get(kind, {}))
                 if kind == "contact_hour_25":
-                    client["contacts"] = [dict(client["contacts"][0], createdAt="2025-06-01T25:00:00Z"),
-                                          *client["contacts"][1:]]
+                    client["contacts"] = [
+                        dict(client["contacts"][0], createdAt="2025-06-01T25:00:00Z"),
+                        *client["contacts"][1:],
+                    ]
             piano = next(iter(records["pianos"].values()))
             records["pianos"][piano["id"]] = dict(piano, damppChaserMfgDate="0000-06-01")
-            event = next(e for e in records["events"].values()
-                         if parse_datetime(e["start"]).astimezone(self.zone).date() == self.anchor)
+            event = next(
+                e
+                for e in records["events"].values()
+                if parse_datetime(e["start"]).astimezone(self.zone).date() == self.anchor
+            )
             records["events"][event["id"]] = dict(event, createdAt="2026-04-31T09:00:00Z")
             entry = next(t for t in records["timeline"].values() if t["occurredAt"].startswith(before))
             records["timeline"][entry["id"]] = dict(entry, occurredAt=f"{before}T25:00:00Z")
             self._cache.clear()
-            return {**{kind: c["id"] for kind, c in clients.items()}, "year_0000": piano["id"],
-                    "event_no_such_date": event["id"], "timeline_hour_25": entry["id"]}
+            return {
+                **{kind: c["id"] for kind, c in clients.items()},
+                "year_0000": piano["id"],
+                "event_no_such_date": event["id"],
+                "timeline_hour_25": entry["id"],
+            }
 
     def reset(self) -> None:
         """Restore the generated data (forgets mutations and hires)."""
@@ -805,8 +831,7 @@ def _events(_root, info, first=None, after=None, sortBy=None, filters=None, **ar
     return connection(records, first, after)
 
 
-def _timeline(_root, info, first=None, after=None, occurredAtGet=None, clientId=None, pianoId=None, types=None,
-              **args):
+def _timeline(_root, info, first=None, after=None, occurredAtGet=None, clientId=None, pianoId=None, types=None, **args):
     _simulated(args)
     records = info.context.query("timeline", (), gte=occurredAtGet, client_id=clientId, piano_id=pianoId, types=types)
     return connection(records, first, after)
@@ -876,16 +901,19 @@ def build_gazelle_schema():
     query["piano"].resolve = _by_id("pianos", "pianoId")
 
     client = types["PrivateClient"].fields
-    client["allContacts"].resolve = lambda parent, _info, first=None, after=None, **args: _simulated(
-        args) or connection(parent["contacts"], first, after)
-    client["allPianos"].resolve = lambda parent, info, first=None, after=None, **args: _simulated(
-        args) or connection(info.context.pianos_of(parent["id"]), first, after)
+    client["allContacts"].resolve = lambda parent, _info, first=None, after=None, **args: (
+        _simulated(args) or connection(parent["contacts"], first, after)
+    )
+    client["allPianos"].resolve = lambda parent, info, first=None, after=None, **args: (
+        _simulated(args) or connection(info.context.pianos_of(parent["id"]), first, after)
+    )
     types["PrivatePiano"].fields["client"].resolve = _ref("clients", "client")
     event = types["PrivateEvent"].fields
     event["client"].resolve = _ref("clients", "client")
     event["user"].resolve = _ref("users", "user")
-    event["allEventPianos"].resolve = lambda parent, _info, first=None, after=None, **args: _simulated(
-        args) or connection(parent["allEventPianos"]["nodes"], first, after)
+    event["allEventPianos"].resolve = lambda parent, _info, first=None, after=None, **args: (
+        _simulated(args) or connection(parent["allEventPianos"]["nodes"], first, after)
+    )
     types["PrivateEventPiano"].fields["piano"].resolve = _ref("pianos", "piano")
     entry = types["PrivateTimelineEntry"].fields
     entry["client"].resolve = _ref("clients", "client")
@@ -1020,8 +1048,6 @@ class OAuthServer:
             refresh["revoked"] = True  # rotation: the used refresh token is gone
             self.refreshes += 1
             return 200, self._issue(refresh["scope"])
-
-
 
 
 def _graphql_error(message: str, status: int = 400) -> Response:

@@ -292,12 +292,8 @@ class Intra42Data:
             stem = (_fold(first)[:1] + _fold(last))[:6]
         nickname = rnd.choice(_NICKNAMES) if rnd.random() < 0.15 else None
         login = stem + self._code(p)
-        picture = (
-            f"https://cdn.intra.42.fr/users/{rnd.getrandbits(128):032x}" if rnd.random() >= 0.05 else None
-        )
-        location = (
-            f"c{rnd.randint(1, 4)}r{rnd.randint(1, 13)}s{rnd.randint(1, 8)}" if rnd.random() < 0.12 else None
-        )
+        picture = f"https://cdn.intra.42.fr/users/{rnd.getrandbits(128):032x}" if rnd.random() >= 0.05 else None
+        location = f"c{rnd.randint(1, 4)}r{rnd.randint(1, 13)}s{rnd.randint(1, 8)}" if rnd.random() < 0.12 else None
         wallet, correction_point = rnd.randint(0, 1500), rnd.randint(0, 15)
         changed = self._changes.get(p)
         if changed:
@@ -730,11 +726,7 @@ def create_app(
     def bearer(request: Request) -> tuple[object, str | None]:
         """(token, None) or (None, the WWW-Authenticate error description)."""
         auth = request.headers.get("authorization", "")
-        value = (
-            auth[7:].strip()
-            if auth.lower().startswith("bearer ")
-            else request.query_params.get("access_token")
-        )
+        value = auth[7:].strip() if auth.lower().startswith("bearer ") else request.query_params.get("access_token")
         token, state = tokens.lookup(value)
         if state == "valid":
             return token, None
@@ -743,9 +735,7 @@ def create_app(
     def unauthorized(description: str) -> Response:
         sandbox.stats.add("unauthorized")
         challenge = f'Bearer realm="42 API", error="invalid_token", error_description="{description}"'
-        return json_response(
-            {"error": "Not authorized", "message": description}, 401, {"WWW-Authenticate": challenge}
-        )
+        return json_response({"error": "Not authorized", "message": description}, 401, {"WWW-Authenticate": challenge})
 
     @app.get("/oauth/token/info")
     def token_info(request: Request) -> Response:
@@ -799,9 +789,7 @@ def create_app(
     def list_users(request: Request, roll, in_cursus: bool) -> Response:
         query = _list_query(request.query_params.multi_items())
         page, per_page = _page_params(request.query_params)
-        records, total, repeated = (
-            data.page(query, page, per_page, roll.duplicates) if in_cursus else ([], 0, 0)
-        )
+        records, total, repeated = data.page(query, page, per_page, roll.duplicates) if in_cursus else ([], 0, 0)
         if repeated:
             sandbox.stats.add("duplicated")
         if roll.corrupt:

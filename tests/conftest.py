@@ -102,11 +102,16 @@ def intra42_sandbox():
 
 def intra42_conn(url: str, rate_limit: str, max_retries: str = "6") -> str:
     """AIRFLOW_CONN_INTRA42_API for a sandbox; short backoffs keep fault tests quick."""
-    return json.dumps({
-        "conn_type": "http", "host": url, "login": CLIENT_ID, "password": CLIENT_SECRET,
-        # Strings, as the Airflow UI stores them (HttpHook also sends extras as request headers).
-        "extra": {"rate_limit": rate_limit, "backoff": "0.05", "max_retries": max_retries, "timeout": 10},
-    })
+    return json.dumps(
+        {
+            "conn_type": "http",
+            "host": url,
+            "login": CLIENT_ID,
+            "password": CLIENT_SECRET,
+            # Strings, as the Airflow UI stores them (HttpHook also sends extras as request headers).
+            "extra": {"rate_limit": rate_limit, "backoff": "0.05", "max_retries": max_retries, "timeout": 10},
+        }
+    )
 
 
 @pytest.fixture(scope="session")
@@ -115,19 +120,33 @@ def portaildf_sandbox():
     from sandbox.common import serve
     from sandbox.portaildf import PortailDFData, create_app
 
-    app = create_app(PortailDFData(users=PORTAILDF_USERS, seed=3), username=PORTAILDF_LOGIN,
-                     password=PORTAILDF_PASSWORD, per_second=100)
+    app = create_app(
+        PortailDFData(users=PORTAILDF_USERS, seed=3),
+        username=PORTAILDF_LOGIN,
+        password=PORTAILDF_PASSWORD,
+        per_second=100,
+    )
     with serve(app) as url:
         os.environ["AIRFLOW_CONN_PORTAILDF_API"] = portaildf_conn(url, rate_limit="100/s")
         yield Sandbox(url, app)
 
 
 def portaildf_conn(url: str, rate_limit: str = "100/s", api_version: str = "1", max_retries: str = "6") -> str:
-    return json.dumps({
-        "conn_type": "http", "host": url, "login": PORTAILDF_LOGIN, "password": PORTAILDF_PASSWORD,
-        "extra": {"api_version": api_version, "rate_limit": rate_limit, "backoff": "0.05",
-                  "max_retries": max_retries, "timeout": 10},
-    })
+    return json.dumps(
+        {
+            "conn_type": "http",
+            "host": url,
+            "login": PORTAILDF_LOGIN,
+            "password": PORTAILDF_PASSWORD,
+            "extra": {
+                "api_version": api_version,
+                "rate_limit": rate_limit,
+                "backoff": "0.05",
+                "max_retries": max_retries,
+                "timeout": 10,
+            },
+        }
+    )
 
 
 @pytest.fixture(scope="session")
@@ -137,19 +156,35 @@ def gazelle_sandbox():
     from sandbox.gazelle import GazelleData, create_app
 
     data = GazelleData(clients=850, technicians=5, seed=4, anchor=GAZELLE_ANCHOR)
-    app = create_app(data, client_id=GAZELLE_CLIENT_ID, client_secret=GAZELLE_CLIENT_SECRET,
-                     refresh_token=GAZELLE_REFRESH_TOKEN, per_second=50)
+    app = create_app(
+        data,
+        client_id=GAZELLE_CLIENT_ID,
+        client_secret=GAZELLE_CLIENT_SECRET,
+        refresh_token=GAZELLE_REFRESH_TOKEN,
+        per_second=50,
+    )
     with serve(app) as url:
         os.environ["AIRFLOW_CONN_GAZELLE_API"] = gazelle_conn(url)
         yield Sandbox(url, app)
 
 
 def gazelle_conn(url: str, **extra: str) -> str:
-    return json.dumps({
-        "conn_type": "http", "host": url, "login": GAZELLE_CLIENT_ID, "password": GAZELLE_CLIENT_SECRET,
-        "extra": {"refresh_token": GAZELLE_REFRESH_TOKEN, "rate_limit": "50/s", "backoff": "0.05",
-                  "max_retries": "6", "timeout": 10, **extra},
-    })
+    return json.dumps(
+        {
+            "conn_type": "http",
+            "host": url,
+            "login": GAZELLE_CLIENT_ID,
+            "password": GAZELLE_CLIENT_SECRET,
+            "extra": {
+                "refresh_token": GAZELLE_REFRESH_TOKEN,
+                "rate_limit": "50/s",
+                "backoff": "0.05",
+                "max_retries": "6",
+                "timeout": 10,
+                **extra,
+            },
+        }
+    )
 
 
 class Sandbox:

@@ -50,9 +50,12 @@ def xcom(run, task_id: str):
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        rows = session.query(XComModel).filter_by(
-            dag_id=run.dag_id, run_id=run.run_id, task_id=task_id, key="return_value").order_by(
-            XComModel.map_index).all()
+        rows = (
+            session.query(XComModel)
+            .filter_by(dag_id=run.dag_id, run_id=run.run_id, task_id=task_id, key="return_value")
+            .order_by(XComModel.map_index)
+            .all()
+        )
         values = [XComModel.deserialize_value(row) for row in rows]
         if rows and rows[0].map_index >= 0:
             return values
@@ -69,6 +72,7 @@ def register(dag):
     with create_session() as session:
         DagBundlesManager().sync_bundles_to_db(session=session)
         session.commit()
-        update_dag_parsing_results_in_db("dags-folder", None, [LazyDeserializedDAG.from_dag(dag)], {}, None,
-                                         set(), session=session)
+        update_dag_parsing_results_in_db(
+            "dags-folder", None, [LazyDeserializedDAG.from_dag(dag)], {}, None, set(), session=session
+        )
     return dag

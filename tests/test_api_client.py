@@ -74,8 +74,9 @@ def test_a_retried_fetch_resumes_after_the_pages_it_staged(api, intra42_sandbox,
     resumed = []
     retry_api = intra42.client("intra42_api")  # a retry is a new process: a new client
     retry_pages = intra42.users_paginator(retry_api, 21, STUDENTS_ONLY, per_page=100)
-    manifest = staging.fetch_to_staging(prefix, lambda s: resumed.append(s["after_id"]) or retry_pages(s),
-                                        {"after_id": 0}, retry_api)
+    manifest = staging.fetch_to_staging(
+        prefix, lambda s: resumed.append(s["after_id"]) or retry_pages(s), {"after_id": 0}, retry_api
+    )
 
     assert resumed[0] == asked[3]  # picks up at the page that failed, not at the start
     expected = len(intra42_sandbox.data.students())
@@ -122,8 +123,7 @@ def test_the_sensor_sends_the_password_only_where_asked(gazelle_sandbox):
     for send_login, expect_basic in ((False, False), (True, True)):
         sensor = api_sensor("gazelle_api", "graphql/private/", send_login=send_login)
         session = HttpHook(http_conn_id="gazelle_api").get_conn()
-        request = requests.Request("GET", "http://example.invalid/", headers=sensor.headers,
-                                   **sensor.request_kwargs)
+        request = requests.Request("GET", "http://example.invalid/", headers=sensor.headers, **sensor.request_kwargs)
         prepared = session.prepare_request(request)
         assert ("Authorization" in prepared.headers) is expect_basic
 
@@ -158,9 +158,16 @@ def cutting_server(monkeypatch):
 
     threading.Thread(target=serve, daemon=True).start()
     port = listener.getsockname()[1]
-    monkeypatch.setenv("AIRFLOW_CONN_CUT_API", json.dumps({
-        "conn_type": "http", "host": f"http://127.0.0.1:{port}",
-        "extra": {"backoff": "0.01", "max_retries": "3", "timeout": 5}}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CUT_API",
+        json.dumps(
+            {
+                "conn_type": "http",
+                "host": f"http://127.0.0.1:{port}",
+                "extra": {"backoff": "0.01", "max_retries": "3", "timeout": 5},
+            }
+        ),
+    )
     yield cuts
     listener.close()
 
@@ -210,8 +217,15 @@ def test_a_429_waits_as_long_as_retry_after_or_ratelimit_reset_says():
 def test_a_client_from_a_url_and_credentials_kept_outside_airflow(intra42_sandbox):
     """InfraZen's case: the base URL and the credentials come from the application, not from a connection."""
     intra42_sandbox.control("reset")
-    api = ApiClient.from_url(intra42_sandbox.url + "/", OAuth2ClientCredentials(), name="some_account",
-                             login=CLIENT_ID, password=CLIENT_SECRET, rate_limit="40/s", backoff=0.05)
+    api = ApiClient.from_url(
+        intra42_sandbox.url + "/",
+        OAuth2ClientCredentials(),
+        name="some_account",
+        login=CLIENT_ID,
+        password=CLIENT_SECRET,
+        rate_limit="40/s",
+        backoff=0.05,
+    )
     body = api.get_json("/v2/cursus/21/users", params={"per_page": 3})
     assert len(body) == 3 and api.stats.token_renewals == 1
     assert api.limiter.limits == [(40, 1.0)] and (api.timeout, api.max_retries) == (30.0, 5)
@@ -272,4 +286,3 @@ def test_clients_taking_turns_hand_over_the_calls_still_in_the_windows(cutting_s
     started = time.monotonic()
     unaware.get_json("/anything")
     assert time.monotonic() - started < 0.5
-

@@ -13,8 +13,13 @@ from usersync.db import TargetDb
 
 def branch_dag(dag_id: str, force_if=None) -> DAG:
     db = TargetDb("intra42_db", "branchtest", sync="branchtest")
-    with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1, tzinfo=UTC),
-             params={"force": Param(False, type="boolean")}) as dag:
+    with DAG(
+        dag_id,
+        schedule=None,
+        start_date=datetime(2026, 1, 1, tzinfo=UTC),
+        params={"force": Param(False, type="boolean")},
+    ) as dag:
+
         @task
         def sync_things():
             return "synced"
@@ -23,8 +28,9 @@ def branch_dag(dag_id: str, force_if=None) -> DAG:
         def skip_things():
             return "skipped"
 
-        branch_unless_populated(db, "things", sync_task_id="sync_things", skip_task_id="skip_things",
-                                force_if=force_if) >> [sync_things(), skip_things()]
+        branch_unless_populated(
+            db, "things", sync_task_id="sync_things", skip_task_id="skip_things", force_if=force_if
+        ) >> [sync_things(), skip_things()]
     return register(dag)
 
 

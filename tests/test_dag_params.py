@@ -13,8 +13,11 @@ DAGS = {
     "gazelle_sync": ({"appointments_days_ahead": 3, "page_size": 50, "force_users": True}, "page_size"),
     "portaildf_user_kind": ({"dry_run": True, "limit": 10, "batch_size": 5}, "limit"),
 }
-SANDBOXES = {"intra42_users": "intra42_sandbox", "gazelle_sync": "gazelle_sandbox",
-             "portaildf_user_kind": "portaildf_sandbox"}
+SANDBOXES = {
+    "intra42_users": "intra42_sandbox",
+    "gazelle_sync": "gazelle_sandbox",
+    "portaildf_user_kind": "portaildf_sandbox",
+}
 
 
 def check(dag_id: str, conf: dict) -> None:

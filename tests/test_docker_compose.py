@@ -188,10 +188,15 @@ def test_default_connections_point_at_sandbox_and_target_db() -> None:
     from sandbox import gazelle as gazelle_sandbox
     from sandbox import portaildf as portaildf_sandbox
 
-    assert (portaildf["login"], portaildf["password"]) == (portaildf_sandbox.DEFAULT_USERNAME,
-                                                          portaildf_sandbox.DEFAULT_PASSWORD)
+    assert (portaildf["login"], portaildf["password"]) == (
+        portaildf_sandbox.DEFAULT_USERNAME,
+        portaildf_sandbox.DEFAULT_PASSWORD,
+    )
     assert (gazelle["login"], gazelle["password"], gazelle["extra"]["refresh_token"]) == (
-        gazelle_sandbox.DEFAULT_CLIENT_ID, gazelle_sandbox.DEFAULT_CLIENT_SECRET, gazelle_sandbox.DEFAULT_REFRESH_TOKEN)
+        gazelle_sandbox.DEFAULT_CLIENT_ID,
+        gazelle_sandbox.DEFAULT_CLIENT_SECRET,
+        gazelle_sandbox.DEFAULT_REFRESH_TOKEN,
+    )
     from sandbox import ds as ds_sandbox
     from sandbox import grist as grist_sandbox
 

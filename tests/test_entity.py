@@ -236,8 +236,11 @@ def test_intra42_declaration_stages_like_stage_users_sql(pg):
     assert generated.rows(quarantine) == hand.rows(quarantine)
 
 
-@pytest.mark.xfail(strict=True, reason="portaildf's stage_users.sql now takes the email from the application's "
-                   "users (answers carry none): the declaration no longer fits, so Portail DF keeps its stage file")
+@pytest.mark.xfail(
+    strict=True,
+    reason="portaildf's stage_users.sql now takes the email from the application's "
+    "users (answers carry none): the declaration no longer fits, so Portail DF keeps its stage file",
+)
 def test_portaildf_lookups_stage_like_stage_users_sql(pg):
     def answer(n: int, outcome: str = "found", **record) -> dict:
         found = {"id_user": n, "exterieur": n % 2 == 0, "gestionnaire": n % 3 == 0, **record}

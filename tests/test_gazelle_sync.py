@@ -120,14 +120,21 @@ def test_first_run_fills_every_table_as_the_api_has_it_and_a_rerun_writes_nothin
     row = sql(f"SELECT personal_notes, locale, tags FROM {SCHEMA}.clients WHERE id = %s", (client["id"],))
     assert row == [(client["personalNotes"], client["localization"]["locale"], client["tags"])]
     piano = next(p for p in data.pianos() if p["damppChaserMfgDate"])
-    row = sql(f"SELECT dampp_chaser_installed, dampp_chaser_humidistat_model, dampp_chaser_mfg_date::text "
-              f"FROM {SCHEMA}.pianos WHERE id = %s", (piano["id"],))
+    row = sql(
+        f"SELECT dampp_chaser_installed, dampp_chaser_humidistat_model, dampp_chaser_mfg_date::text "
+        f"FROM {SCHEMA}.pianos WHERE id = %s",
+        (piano["id"],),
+    )
     assert row == [(True, piano["damppChaserHumidistatModel"], piano["damppChaserMfgDate"])]
     with_invoice = {t["id"]: t["invoice"]["id"] for t in timeline if t["invoice"]}
-    assert dict(sql(f"SELECT id, invoice_id FROM {SCHEMA}.timeline_entries WHERE invoice_id IS NOT NULL")) == (
-        with_invoice) != {}
+    assert (
+        dict(sql(f"SELECT id, invoice_id FROM {SCHEMA}.timeline_entries WHERE invoice_id IS NOT NULL"))
+        == (with_invoice)
+        != {}
+    )
     assert sql(f"SELECT count(*) FROM {SCHEMA}.timeline_entries WHERE estimate_id IS NOT NULL")[0][0] == sum(
-        1 for t in timeline if t["estimate"])
+        1 for t in timeline if t["estimate"]
+    )
     assert sql(f"SELECT report->'failed' FROM {SCHEMA}.sync_runs") == [({},)]
 
     before = versions(sql)
@@ -166,12 +173,16 @@ def test_edited_clients_and_pianos_are_exactly_the_updates(gazelle, sql):
 def test_appointments_gone_from_the_window_are_marked_cancelled_not_deleted(gazelle, sql):
     sync()
     today = RUN_AT.astimezone(ZONE).date()
-    upcoming = next(e for e in gazelle.data.events(today + timedelta(days=2), today + timedelta(days=14))
-                    if e["status"] == "ACTIVE")
+    upcoming = next(
+        e for e in gazelle.data.events(today + timedelta(days=2), today + timedelta(days=14)) if e["status"] == "ACTIVE"
+    )
     assert gazelle.control("remove", {"kind": "events", "id": upcoming["id"]}) == {"removed": True}
     outside = datetime.combine(appointment_days(RUN_AT)[0] - timedelta(days=1), time(10), ZONE)
-    sql(f"INSERT INTO {SCHEMA}.events (id, start, local_date, local_time, status, piano_ids) "
-        f"VALUES ('evt_of_an_older_window', %s, %s, '10:00', 'ACTIVE', '{{}}')", (outside, outside.date()))
+    sql(
+        f"INSERT INTO {SCHEMA}.events (id, start, local_date, local_time, status, piano_ids) "
+        f"VALUES ('evt_of_an_older_window', %s, %s, '10:00', 'ACTIVE', '{{}}')",
+        (outside, outside.date()),
+    )
 
     report = sync({"entities": ["appointments"]})
     assert report["appointments"]["marked_deleted"] == 1
@@ -233,9 +244,11 @@ def test_empty_values_never_overwrite_timeline_texts_and_tag_lists(gazelle, sql)
 
     report = sync({"entities": ["clients", "timeline"]})
     assert sql(f"SELECT summary, comment FROM {SCHEMA}.timeline_entries WHERE id = %s", (emptied["id"],)) == [
-        (emptied["summary"], "read earlier")]
+        (emptied["summary"], "read earlier")
+    ]
     assert sql(f"SELECT summary FROM {SCHEMA}.timeline_entries WHERE id = %s", (stale["id"],)) == [
-        (stale["summary"],)]  # a non-empty value does overwrite
+        (stale["summary"],)
+    ]  # a non-empty value does overwrite
     assert sql(f"SELECT tags FROM {SCHEMA}.clients WHERE id = %s", (tagged["id"],)) == [(tagged["tags"],)]
     assert report["timeline"]["updated"] == 1 and report["clients"]["updated"] == 0
 
@@ -243,8 +256,9 @@ def test_empty_values_never_overwrite_timeline_texts_and_tag_lists(gazelle, sql)
 def test_the_timeline_upper_bound_is_applied_by_the_sync(gazelle, sql):
     earlier = RUN_AT - timedelta(days=10)
     report = sync({"entities": ["timeline"]}, logical_date=earlier)
-    assert ids(sql, "timeline_entries") == {t["id"] for t in gazelle.data.timeline(earlier - timedelta(days=30),
-                                                                                   earlier)}
+    assert ids(sql, "timeline_entries") == {
+        t["id"] for t in gazelle.data.timeline(earlier - timedelta(days=30), earlier)
+    }
     assert report["timeline"]["outside_window"] == len(gazelle.data.timeline(earlier + timedelta(seconds=1))) > 0
 
 
@@ -264,8 +278,9 @@ def test_a_client_with_more_contacts_than_the_query_reads_is_quarantined_with_th
     report = sync({"entities": ["clients"]})
     assert report["clients"]["quarantined"] == 1 and client["id"] not in ids(sql, "clients")
     reason = sql(f"SELECT reason FROM {SCHEMA}.quarantine WHERE record->>'id' = %s", (client["id"],))
-    assert reason == [("allContacts: more contacts than the query asks for; raise allContacts(first:) in "
-                       "clients.graphql",)]
+    assert reason == [
+        ("allContacts: more contacts than the query asks for; raise allContacts(first:) in clients.graphql",)
+    ]
 
 
 def test_scheduled_runs_in_working_hours_refresh_the_appointments_only(gazelle, sql):
@@ -279,8 +294,9 @@ def test_scheduled_runs_in_working_hours_refresh_the_appointments_only(gazelle, 
 
     def entities(hour: int, run_type: str = "scheduled") -> list[str]:
         at = datetime.combine(GAZELLE_ANCHOR, time(hour), ZONE)
-        return module.run_entities({"params": {"entities": module.ENTITIES}, "logical_date": at,
-                                    "dag_run": SimpleNamespace(run_type=run_type)})
+        return module.run_entities(
+            {"params": {"entities": module.ENTITIES}, "logical_date": at, "dag_run": SimpleNamespace(run_type=run_type)}
+        )
 
     assert entities(10) == entities(21) == ["appointments"]
     assert entities(23) == entities(10, "manual") == module.ENTITIES
@@ -290,8 +306,11 @@ def test_the_appointment_window_is_made_of_the_account_days():
     from usersync.gazelle import appointment_days as window
 
     late_evening = datetime(2026, 11, 28, 3, 30, tzinfo=UTC)  # 22:30 on the 27th in Montréal
-    assert window(late_evening, ZONE, 7, 14) == {"startOn": "2026-11-20", "endOn": "2026-12-11",
-                                                 "timezone": "America/Toronto"}
+    assert window(late_evening, ZONE, 7, 14) == {
+        "startOn": "2026-11-20",
+        "endOn": "2026-12-11",
+        "timezone": "America/Toronto",
+    }
     assert window(late_evening, ZoneInfo("UTC"), 0, 0)["startOn"] == "2026-11-28"
 
 
@@ -325,8 +344,9 @@ def test_graphql_errors_fail_the_task_with_the_message_and_write_nothing(gazelle
 def test_an_api_key_connection_needs_no_oauth(gazelle, sql):
     from sandbox.gazelle import DEFAULT_API_KEY
 
-    os.environ["AIRFLOW_CONN_GAZELLE_API"] = json.dumps({
-        "conn_type": "http", "host": gazelle.url, "extra": {"x-gazelle-api-key": DEFAULT_API_KEY, "timeout": 10}})
+    os.environ["AIRFLOW_CONN_GAZELLE_API"] = json.dumps(
+        {"conn_type": "http", "host": gazelle.url, "extra": {"x-gazelle-api-key": DEFAULT_API_KEY, "timeout": 10}}
+    )
     sync({"entities": ["users", "clients"]})
     assert gazelle.state()["refreshes"] == 0
     assert len(ids(sql, "clients")) == len(gazelle.data.clients())
@@ -352,10 +372,14 @@ def test_a_run_without_logical_date_is_about_when_it_runs():
 
 def quarantine_reasons(sql) -> dict:
     """The quarantined records' reasons by record id (a line Postgres could not store is kept as a string)."""
-    return dict(sql(f"SELECT substring(record #>> '{{}}' FROM '\"id\":\"([^\"]+)\"'), reason "
-                    f"FROM {SCHEMA}.quarantine WHERE jsonb_typeof(record) = 'string' "
-                    f"UNION ALL SELECT record->>'id', reason FROM {SCHEMA}.quarantine "
-                    f"WHERE jsonb_typeof(record) = 'object'"))
+    return dict(
+        sql(
+            f'SELECT substring(record #>> \'{{}}\' FROM \'"id":"([^"]+)"\'), reason '
+            f"FROM {SCHEMA}.quarantine WHERE jsonb_typeof(record) = 'string' "
+            f"UNION ALL SELECT record->>'id', reason FROM {SCHEMA}.quarantine "
+            f"WHERE jsonb_typeof(record) = 'object'"
+        )
+    )
 
 
 def exact_tables(sql, data, without=()) -> None:
@@ -366,8 +390,9 @@ def exact_tables(sql, data, without=()) -> None:
     assert ids(sql, "contacts") == {c["id"] for client in clients for c in client["contacts"]}
     assert ids(sql, "pianos") == {p["id"] for p in data.pianos()} - set(without)
     assert ids(sql, "events") == {e["id"] for e in data.events(*appointment_days(RUN_AT))} - set(without)
-    assert ids(sql, "timeline_entries") == {t["id"] for t in data.timeline(RUN_AT - timedelta(days=30))
-                                            if t["occurredAt"] <= f"{RUN_AT:%Y-%m-%dT%H:%M:%SZ}"} - set(without)
+    assert ids(sql, "timeline_entries") == {
+        t["id"] for t in data.timeline(RUN_AT - timedelta(days=30)) if t["occurredAt"] <= f"{RUN_AT:%Y-%m-%dT%H:%M:%SZ}"
+    } - set(without)
     written = {row[0]: row[1:] for row in sql(f"SELECT id, personal_notes, status, company_name FROM {SCHEMA}.clients")}
     assert written == {c["id"]: (c["personalNotes"], c["status"], c["companyName"]) for c in clients}
     notes = dict(sql(f"SELECT id, notes FROM {SCHEMA}.pianos"))

@@ -12,8 +12,18 @@ from conftest import AIRFLOW_HOME, CLIENT_SECRET, intra42_conn
 from dagrun import get_dag, run_dag, xcom
 
 DAG_ID = "intra42_users"
-COLUMNS = ("login", "email", "first_name", "last_name", "pool_month", "pool_year", "location", "wallet",
-           "correction_point", "updated_at")
+COLUMNS = (
+    "login",
+    "email",
+    "first_name",
+    "last_name",
+    "pool_month",
+    "pool_year",
+    "location",
+    "wallet",
+    "correction_point",
+    "updated_at",
+)
 
 
 @pytest.fixture
@@ -93,8 +103,9 @@ def test_k_changed_students_are_exactly_k_updates(intra42, sql):
 
 
 def test_faults_still_end_with_the_identical_table(intra42, sql):
-    intra42.control("faults", {"error_rate": 0.15, "burst_429": 3, "truncate_rate": 0.15,
-                               "duplicate_rate": 0.3, "seed": 11})
+    intra42.control(
+        "faults", {"error_rate": 0.15, "burst_429": 3, "truncate_rate": 0.15, "duplicate_rate": 0.3, "seed": 11}
+    )
     sync({"full_refresh": True})
 
     assert actual_table(sql) == expected_table(intra42)
@@ -159,15 +170,13 @@ def test_full_refresh_marks_students_the_api_no_longer_returns(intra42, sql):
     assert sql("SELECT login FROM intra42.users WHERE deleted_at IS NOT NULL") == [("gone",)]
 
 
-def test_backfilled_intervals_give_the_same_table_as_a_full_refresh(intra42_sandbox, fresh_schema, sql,
-                                                                    monkeypatch):
+def test_backfilled_intervals_give_the_same_table_as_a_full_refresh(intra42_sandbox, fresh_schema, sql, monkeypatch):
     from sandbox.common import serve
     from sandbox.intra42 import Intra42Data, create_app
 
     start = datetime(2026, 3, 1, tzinfo=UTC)
     data = Intra42Data(students=600, seed=3, updated_from=start, updated_to=start + timedelta(days=1))
-    app = create_app(data, client_id="test-client-id", client_secret=CLIENT_SECRET, per_second=40,
-                     per_hour=100000)
+    app = create_app(data, client_id="test-client-id", client_secret=CLIENT_SECRET, per_second=40, per_hour=100000)
     with serve(app) as url:
         monkeypatch.setenv("AIRFLOW_CONN_INTRA42_API", intra42_conn(url, rate_limit="40/s"))
         fresh_schema(DAG_ID, "intra42")
@@ -221,8 +230,7 @@ def test_malformed_students_are_quarantined_with_their_reason_while_the_rest_loa
     assert report["quarantined"] == corrupted
     quarantined = sql("SELECT (record->>'id')::bigint, reason FROM intra42.quarantine")
     assert len(quarantined) == corrupted
-    assert {reason.split(":")[0] for _, reason in quarantined} <= {"wallet", "updated_at", "login",
-                                                                   "correction_point"}
+    assert {reason.split(":")[0] for _, reason in quarantined} <= {"wallet", "updated_at", "login", "correction_point"}
     expected = expected_table(intra42)
     for student_id, _ in quarantined:
         del expected[student_id]
@@ -252,10 +260,14 @@ def test_hostile_records_are_quarantined_with_their_reason_and_a_future_date_sta
     sync()
 
     report = last_report(sql)
-    reasons = dict(sql("SELECT substring(record #>> '{}' FROM '\"id\":(\\d+)')::bigint, reason "
-                       "FROM intra42.quarantine WHERE jsonb_typeof(record) = 'string' "
-                       "UNION ALL SELECT (record->>'id')::bigint, reason FROM intra42.quarantine "
-                       "WHERE jsonb_typeof(record) = 'object'"))
+    reasons = dict(
+        sql(
+            "SELECT substring(record #>> '{}' FROM '\"id\":(\\d+)')::bigint, reason "
+            "FROM intra42.quarantine WHERE jsonb_typeof(record) = 'string' "
+            "UNION ALL SELECT (record->>'id')::bigint, reason FROM intra42.quarantine "
+            "WHERE jsonb_typeof(record) = 'object'"
+        )
+    )
     assert "unsupported Unicode escape sequence" in reasons.pop(hostile["nul"])
     assert "surrogate" in reasons.pop(hostile["lone_surrogate"])
     assert reasons.pop(hostile["impossible_date"]) == "updated_at: no such date"
@@ -315,8 +327,7 @@ def test_interval_runs_whose_stage_and_write_interleave_end_exact(intra42_sandbo
 
     start = datetime(2026, 3, 1, tzinfo=UTC)
     data = Intra42Data(students=400, seed=5, updated_from=start, updated_to=start + timedelta(days=1))
-    app = create_app(data, client_id="test-client-id", client_secret=CLIENT_SECRET, per_second=40,
-                     per_hour=100000)
+    app = create_app(data, client_id="test-client-id", client_secret=CLIENT_SECRET, per_second=40, per_hour=100000)
     monkeypatch.setattr(staging, "clean_up", lambda dag_id, run_id: None)
     write, earlier = load.upsert, []
 

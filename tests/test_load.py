@@ -13,9 +13,20 @@ RUN = "manual__test"
 
 
 def student(id_: int, **changes):
-    record = {"id": id_, "login": f"login{id_}", "email": f"login{id_}@student.42.fr", "first_name": "Zoé",
-              "last_name": "Łukasz", "pool_month": "july", "pool_year": "2023", "location": None,
-              "wallet": 10, "correction_point": 3, "updated_at": "2025-06-01T10:00:00.000Z", "kind": "student"}
+    record = {
+        "id": id_,
+        "login": f"login{id_}",
+        "email": f"login{id_}@student.42.fr",
+        "first_name": "Zoé",
+        "last_name": "Łukasz",
+        "pool_month": "july",
+        "pool_year": "2023",
+        "location": None,
+        "wallet": 10,
+        "correction_point": 3,
+        "updated_at": "2025-06-01T10:00:00.000Z",
+        "kind": "student",
+    }
     record.update(changes)
     return record
 
@@ -96,8 +107,7 @@ def test_upsert_failing_midway_leaves_the_table_as_it_was(db, tmp_path, sql):
     # A row that the database refuses halfway through the statement (as a constraint would).
     sql("""CREATE FUNCTION intra42.refuse() RETURNS trigger LANGUAGE plpgsql AS
            $$ BEGIN IF NEW.id = 40 THEN RAISE EXCEPTION 'refused row 40'; END IF; RETURN NEW; END $$""")
-    sql("CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON intra42.users "
-        "FOR EACH ROW EXECUTE FUNCTION intra42.refuse()")
+    sql("CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON intra42.users FOR EACH ROW EXECUTE FUNCTION intra42.refuse()")
 
     changed = [student(i, wallet=1000 + i) for i in range(1, 61)]
     with pytest.raises(Exception, match="refused row 40"):
@@ -215,8 +225,12 @@ def test_hostile_records_are_quarantined_with_their_reason_and_the_rest_load(db,
     assert (staged["received"], staged["staged"], staged["quarantined"]) == (10, 3, 7)
     assert written["inserted"] == 3
     assert sql("SELECT first_name FROM intra42.users WHERE id = 1") == [("Zoé 😀",)]
-    reasons = dict(sql("SELECT coalesce(record->>'id', substring(record #>> '{}' FROM '\"id\":(\\d+)'))::int, "
-                       "reason FROM intra42.quarantine"))
+    reasons = dict(
+        sql(
+            "SELECT coalesce(record->>'id', substring(record #>> '{}' FROM '\"id\":(\\d+)'))::int, "
+            "reason FROM intra42.quarantine"
+        )
+    )
     assert set(reasons) == set(hostile)
     assert "unsupported Unicode escape sequence" in reasons[101]
     assert "surrogate" in reasons[102]
@@ -227,8 +241,10 @@ def test_hostile_records_are_quarantined_with_their_reason_and_the_rest_load(db,
     assert reasons[107].startswith("not storable as JSON")
 
     # A full refresh does not mark them deleted: the source still has them.
-    sql("INSERT INTO intra42.users (id, login, email, updated_at) SELECT id, 'x', 'x', now() "
-        "FROM unnest(ARRAY[101, 102, 103]) AS id")
+    sql(
+        "INSERT INTO intra42.users (id, login, email, updated_at) SELECT id, 'x', 'x', now() "
+        "FROM unnest(ARRAY[101, 102, 103]) AS id"
+    )
     full = load.upsert(db, USERS, run_id="run_h", full_refresh=True, max_delete_share=1)
     assert full["marked_deleted"] == 0
 
@@ -261,7 +277,18 @@ def test_a_full_refresh_does_not_mark_what_another_run_wrote_after_its_fetch(db,
 
 
 def test_a_suspicious_line_keeps_its_place_among_duplicates(db, tmp_path, sql):
-    stage_run(db, tmp_path, "run_1", [student(1, first_name="Old 😀", wallet=1), student(1, wallet=2),
-                                      student(2, wallet=1), student(2, first_name="New 😀", wallet=3)])
+    stage_run(
+        db,
+        tmp_path,
+        "run_1",
+        [
+            student(1, first_name="Old 😀", wallet=1),
+            student(1, wallet=2),
+            student(2, wallet=1),
+            student(2, first_name="New 😀", wallet=3),
+        ],
+    )
     assert sql("SELECT id, wallet, first_name FROM intra42.users_delta ORDER BY id") == [
-        (1, 2, "Zoé"), (2, 3, "New 😀")]
+        (1, 2, "Zoé"),
+        (2, 3, "New 😀"),
+    ]

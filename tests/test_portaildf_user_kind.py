@@ -124,8 +124,9 @@ def test_limit_and_only_missing(portaildf, sql):
 
     _, missing = sync({"only_missing": True})
     assert missing["mode"] == "only_missing"
-    assert missing["processed"] == sum(1 for u in portaildf.data.app_users() if u["email"]) - (
-        report["updated"])  # those that got a kind are not asked again
+    assert (
+        missing["processed"] == sum(1 for u in portaildf.data.app_users() if u["email"]) - (report["updated"])
+    )  # those that got a kind are not asked again
     assert kinds(sql) == expected
 
 
@@ -255,8 +256,12 @@ def test_a_failed_lookup_reason_and_the_client_logs_hold_no_query_string(monkeyp
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]  # nothing listens there once closed
-    monkeypatch.setenv("AIRFLOW_CONN_DEAD_API", json.dumps({
-        "conn_type": "http", "host": f"http://127.0.0.1:{port}", "extra": {"backoff": "0.01", "max_retries": "1"}}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_DEAD_API",
+        json.dumps(
+            {"conn_type": "http", "host": f"http://127.0.0.1:{port}", "extra": {"backoff": "0.01", "max_retries": "1"}}
+        ),
+    )
     caplog.set_level(logging.DEBUG)
     email = "marie.curie+zlv@exemple.gouv.fr"
     answer = portaildf_api.lookup_user(ApiClient("dead_api"), {"id": "user-7", "email": email})
@@ -294,8 +299,9 @@ def test_case_variant_duplicates_never_give_a_user_someone_elses_kind(twins, sql
     assert table == twins.expected_kinds()
     assert all(table[i] in (own[i], None) for i in table)  # a user's own kind, or none
     users = {u["id"]: u["email"].strip() for u in twins.app_users() if u["email"]}
-    ambiguous = {i for i, email in users.items()
-                 if len({(r["exterieur"], r["gestionnaire"]) for r in twins.find_all(email)}) > 1}
+    ambiguous = {
+        i for i, email in users.items() if len({(r["exterieur"], r["gestionnaire"]) for r in twins.find_all(email)}) > 1
+    }
     unresolved = {i for i in ambiguous if all(r["email"] != users[i] for r in twins.find_all(users[i]))}
     assert ambiguous - unresolved and unresolved  # the exact address settles some, not all
     assert all(table[i] == own[i] for i in ambiguous - unresolved)
@@ -331,8 +337,13 @@ def test_overlapping_runs_whose_stages_and_writes_interleave_end_exact(portaildf
     monkeypatch.setattr(staging, "clean_up", lambda dag_id, run_id: None)  # run A's files stay: it is not over
     write, held = load.upsert, []
     portaildf.control("mutate", {"k": 20})
-    monkeypatch.setattr(load, "upsert", lambda db, entity, *, run_id, **kwargs: held.append(run_id) or {
-        "updated": 0, "unchanged": 0, "transitions": {}, "kinds": {}})
+    monkeypatch.setattr(
+        load,
+        "upsert",
+        lambda db, entity, *, run_id, **kwargs: (
+            held.append(run_id) or {"updated": 0, "unchanged": 0, "transitions": {}, "kinds": {}}
+        ),
+    )
     sync()  # run A: looks up and stages, its write held back
     portaildf.control("mutate", {"k": 20})
     written_by_a = []
@@ -353,8 +364,9 @@ def test_hostile_answers_are_quarantined_with_their_reason_while_the_rest_land(p
     hostile = portaildf.control("hostile")["ids"]
     _, report = sync()
 
-    reasons = dict(sql(f"SELECT substring(record #>> '{{}}' FROM '\"user_id\":\"([^\"]+)\"'), reason "
-                       f"FROM {SCHEMA}.quarantine"))
+    reasons = dict(
+        sql(f'SELECT substring(record #>> \'{{}}\' FROM \'"user_id":"([^"]+)"\'), reason FROM {SCHEMA}.quarantine')
+    )
     assert "unsupported Unicode escape sequence" in reasons.pop(hostile["nul"])
     assert "surrogate" in reasons.pop(hostile["lone_surrogate"])
     assert reasons == {} and report["quarantined"] == 2

@@ -66,7 +66,6 @@ def sandbox():
         yield url, app
 
 
-
 def gql(url: str, query: str, variables: dict | None = None, headers: dict | None = None) -> requests.Response:
     body = {"query": query} if variables is None else {"query": query, "variables": variables}
     return requests.post(f"{url}/graphql/private/", json=body, headers=KEY if headers is None else headers, timeout=10)
@@ -315,8 +314,9 @@ def test_event_date_filters_are_inclusive(url, data):
     assert ids and ids == [e["id"] for e in data.events(day, day)]
     # Days are the account's (America/Toronto): an evening appointment starts on the next UTC day.
     zone = ZoneInfo("America/Toronto")
-    assert all(datetime.fromisoformat(e["start"]).astimezone(zone).date() == day
-               for e in one_day["allEventsBatched"]["nodes"])
+    assert all(
+        datetime.fromisoformat(e["start"]).astimezone(zone).date() == day for e in one_day["allEventsBatched"]["nodes"]
+    )
     three = ok(url, query, {"f": {"startOn": (day - timedelta(days=2)).isoformat(), "endOn": day.isoformat()}})
     per_day = sum(len(data.events(day - timedelta(days=n), day - timedelta(days=n))) for n in range(3))
     assert len(three["allEventsBatched"]["nodes"]) == per_day > len(ids)
@@ -535,8 +535,10 @@ def test_remove_and_failing_root_fields(url, data):
     assert requests.post(f"{url}/_sandbox/remove", json={"kind": "nope", "id": "x"}, timeout=5).status_code == 400
     requests.post(f"{url}/_sandbox/fail_fields", json={"fields": ["allClients"]}, timeout=5).raise_for_status()
     failed = gql(url, "{ allClients { totalCount } }").json()
-    assert failed == {"data": None, "errors": [{"message": "Internal server error",
-                                                "extensions": {"code": "INTERNAL_SERVER_ERROR"}}]}
+    assert failed == {
+        "data": None,
+        "errors": [{"message": "Internal server error", "extensions": {"code": "INTERNAL_SERVER_ERROR"}}],
+    }
     assert len(ok(url, "{ allUsers { id } }")["allUsers"]) == 4  # other root fields answer
     assert state(url)["failing_fields"] == ["allClients"]
     requests.post(f"{url}/_sandbox/reset", timeout=5).raise_for_status()
@@ -631,8 +633,14 @@ def test_cli():
 def test_hostile_records_are_served_as_json_escapes(url, data):
     hostile = requests.post(f"{url}/_sandbox/hostile", timeout=5).json()["ids"]
     body = gql(url, f"{{ allClients(first: 100) {{ nodes {{ {CLIENT_FIELDS} }} }} }}").text
-    body += "".join(gql(url, f'{{ allClients(first: 100, after: "{encode_cursor(n)}") {{ nodes {{ id companyName '
-                             f'personalNotes updatedAt }} }} }}').text for n in (100, 200))
+    body += "".join(
+        gql(
+            url,
+            f'{{ allClients(first: 100, after: "{encode_cursor(n)}") {{ nodes {{ id companyName '
+            f"personalNotes updatedAt }} }} }}",
+        ).text
+        for n in (100, 200)
+    )
     assert '"Nul\\u0000l"' in body and '"Half \\ud83d"' in body  # valid JSON; Postgres refuses both
     assert '"2026-02-30T10:00:00Z"' in body and '"2025-06-01T10:00:00+99:00"' in body
     client = data.get("clients", hostile["contact_hour_25"])

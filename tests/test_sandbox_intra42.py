@@ -35,7 +35,6 @@ def sandbox():
         yield url, app
 
 
-
 def get_token(url: str) -> str:
     response = requests.post(f"{url}/oauth/token", data=CREDENTIALS, timeout=5)
     response.raise_for_status()

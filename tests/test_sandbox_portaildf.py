@@ -45,7 +45,6 @@ def sandbox():
         yield url, app
 
 
-
 def v1_token(url: str) -> str:
     response = requests.post(f"{url}/api/api-token-auth/", data=CREDENTIALS, timeout=5)
     response.raise_for_status()
@@ -251,7 +250,7 @@ def test_case_twins_a_case_insensitive_directory_with_case_variant_duplicates():
     data = PortailDFData(users=400, seed=3, case_twins=0.3)
     plain = PortailDFData(users=400, seed=3)
     assert data.app_users() == plain.app_users() and data.records()[: len(plain)] == plain.records()
-    twins = data.records()[len(plain):]
+    twins = data.records()[len(plain) :]
     assert len(twins) > 50
     with serve(create_app(data, per_second=100_000)) as url, session(url, f"Token {v1_token(url)}") as api:
         firsts = set()

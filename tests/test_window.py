@@ -12,9 +12,16 @@ NOW = datetime(2026, 3, 2, 9, 30, 15, tzinfo=UTC)
 
 
 def window(**overrides):
-    args = {"full_refresh": False, "interval_only": False, "run_type": DagRunType.SCHEDULED,
-            "interval_start": START, "interval_end": END, "watermark": datetime(2026, 3, 2, 3, tzinfo=UTC),
-            "last_full": NOW - timedelta(hours=7), "now": NOW}
+    args = {
+        "full_refresh": False,
+        "interval_only": False,
+        "run_type": DagRunType.SCHEDULED,
+        "interval_start": START,
+        "interval_end": END,
+        "watermark": datetime(2026, 3, 2, 3, tzinfo=UTC),
+        "last_full": NOW - timedelta(hours=7),
+        "now": NOW,
+    }
     return choose_window(**{**args, **overrides})
 
 
@@ -27,8 +34,12 @@ def test_scheduled_runs_fetch_since_the_watermark_with_an_overlap():
 
 def test_backfill_runs_fetch_their_data_interval():
     for chosen in (window(run_type=DagRunType.BACKFILL), window(interval_only=True)):
-        assert chosen == {"mode": "interval", "why": chosen["why"],
-                          "updated_from": "2026-03-01T06:00:00Z", "updated_to": "2026-03-01T12:00:00Z"}
+        assert chosen == {
+            "mode": "interval",
+            "why": chosen["why"],
+            "updated_from": "2026-03-01T06:00:00Z",
+            "updated_to": "2026-03-01T12:00:00Z",
+        }
 
 
 def test_full_refresh_and_first_runs_fetch_everything():

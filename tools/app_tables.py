@@ -28,9 +28,12 @@ def seed_portaildf_users(url: str, schema: str, users: list[dict]) -> int:
         with conn.cursor().copy("COPY new_users (id, email, kind) FROM STDIN") as copy:
             for user in users:
                 copy.write_row((user["id"], user["email"], user["kind"]))
-        added = conn.execute(sql.SQL(
-            "INSERT INTO {}.users (id, email, kind) SELECT id, email, kind FROM new_users ON CONFLICT (id) DO NOTHING"
-        ).format(sql.Identifier(schema))).rowcount
+        added = conn.execute(
+            sql.SQL(
+                "INSERT INTO {}.users (id, email, kind) SELECT id, email, kind FROM new_users "
+                "ON CONFLICT (id) DO NOTHING"
+            ).format(sql.Identifier(schema))
+        ).rowcount
     return added
 
 
@@ -222,8 +225,19 @@ def seed_infrazen(url: str, schema: str, users: list[dict], providers: list[dict
         with conn.cursor().copy("COPY new_users FROM STDIN") as copy:
             for u in users:
                 copy.write_row((u["id"], u["email"], u["role"], u["is_active"], u["created_at"]))
-        columns = ("id", "user_id", "provider_type", "connection_name", "account_id", "credentials", "is_active",
-                   "is_deleted", "auto_sync", "deleted_at", "created_at")
+        columns = (
+            "id",
+            "user_id",
+            "provider_type",
+            "connection_name",
+            "account_id",
+            "credentials",
+            "is_active",
+            "is_deleted",
+            "auto_sync",
+            "deleted_at",
+            "created_at",
+        )
         conn.execute(
             "CREATE TEMP TABLE new_providers (id int, user_id int, provider_type text, connection_name text,"
             " account_id text, credentials text, is_active bool, is_deleted bool, auto_sync bool,"
@@ -233,19 +247,25 @@ def seed_infrazen(url: str, schema: str, users: list[dict], providers: list[dict
             for p in providers:
                 copy.write_row([json.dumps(p[c]) if c == "credentials" else p[c] for c in columns])
         target = sql.Identifier(schema)
-        added_users = conn.execute(sql.SQL(
-            "INSERT INTO {}.users (id, email, role, is_active, created_at, updated_at)"
-            " SELECT id, email, role, is_active, created_at, created_at FROM new_users ON CONFLICT DO NOTHING"
-        ).format(target)).rowcount
+        added_users = conn.execute(
+            sql.SQL(
+                "INSERT INTO {}.users (id, email, role, is_active, created_at, updated_at)"
+                " SELECT id, email, role, is_active, created_at, created_at FROM new_users ON CONFLICT DO NOTHING"
+            ).format(target)
+        ).rowcount
         listed = sql.SQL(", ").join(map(sql.Identifier, columns))
-        added_providers = conn.execute(sql.SQL(
-            "INSERT INTO {}.cloud_providers ({}, updated_at) SELECT {}, created_at FROM new_providers"
-            " ON CONFLICT DO NOTHING"
-        ).format(target, listed, listed)).rowcount
+        added_providers = conn.execute(
+            sql.SQL(
+                "INSERT INTO {}.cloud_providers ({}, updated_at) SELECT {}, created_at FROM new_providers"
+                " ON CONFLICT DO NOTHING"
+            ).format(target, listed, listed)
+        ).rowcount
         for table in ("users", "cloud_providers"):  # explicit ids: move the identities past them
-            conn.execute(sql.SQL(
-                "SELECT setval(pg_get_serial_sequence({}, 'id'), greatest(1, (SELECT max(id) FROM {}.{})))"
-            ).format(sql.Literal(f"{schema}.{table}"), target, sql.Identifier(table)))
+            conn.execute(
+                sql.SQL(
+                    "SELECT setval(pg_get_serial_sequence({}, 'id'), greatest(1, (SELECT max(id) FROM {}.{})))"
+                ).format(sql.Literal(f"{schema}.{table}"), target, sql.Identifier(table))
+            )
     return added_users, added_providers
 
 

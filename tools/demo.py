@@ -42,26 +42,43 @@ def demo_env(db_url: str, urls: dict[str, str], rate_per_second: int, gazelle_gr
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")]),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "AIRFLOW_CONN_INTRA42_DB": db_url,
-        "AIRFLOW_CONN_INTRA42_API": json.dumps({
-            "conn_type": "http", "host": urls["intra42"], "login": SANDBOX_CLIENT_ID, "password": SANDBOX_SECRET,
-            "extra": {"rate_limit": f"{rate_per_second}/s,1200/h"},
-        }),
+        "AIRFLOW_CONN_INTRA42_API": json.dumps(
+            {
+                "conn_type": "http",
+                "host": urls["intra42"],
+                "login": SANDBOX_CLIENT_ID,
+                "password": SANDBOX_SECRET,
+                "extra": {"rate_limit": f"{rate_per_second}/s,1200/h"},
+            }
+        ),
         "AIRFLOW_CONN_PORTAILDF_DB": db_url,
-        "AIRFLOW_CONN_PORTAILDF_API": json.dumps({
-            "conn_type": "http", "host": urls["portaildf"], "login": portaildf.DEFAULT_USERNAME,
-            "password": portaildf.DEFAULT_PASSWORD, "extra": {"api_version": "1", "rate_limit": "50/s", "timeout": 10},
-        }),
+        "AIRFLOW_CONN_PORTAILDF_API": json.dumps(
+            {
+                "conn_type": "http",
+                "host": urls["portaildf"],
+                "login": portaildf.DEFAULT_USERNAME,
+                "password": portaildf.DEFAULT_PASSWORD,
+                "extra": {"api_version": "1", "rate_limit": "50/s", "timeout": 10},
+            }
+        ),
         "AIRFLOW_CONN_GAZELLE_DB": db_url,
-        "AIRFLOW_CONN_GAZELLE_API": json.dumps({
-            "conn_type": "http", "host": urls["gazelle"], "login": gazelle.DEFAULT_CLIENT_ID,
-            "password": gazelle.DEFAULT_CLIENT_SECRET, "extra": {"refresh_token": gazelle_grant, "rate_limit": "20/s"},
-        }),
+        "AIRFLOW_CONN_GAZELLE_API": json.dumps(
+            {
+                "conn_type": "http",
+                "host": urls["gazelle"],
+                "login": gazelle.DEFAULT_CLIENT_ID,
+                "password": gazelle.DEFAULT_CLIENT_SECRET,
+                "extra": {"refresh_token": gazelle_grant, "rate_limit": "20/s"},
+            }
+        ),
         # ds_to_grist: the configurations of dags/ds_to_grist.yaml name these connections
         "AIRFLOW_CONN_DS_TO_GRIST_DB": db_url,
-        "AIRFLOW_CONN_DS_API": json.dumps({"conn_type": "http", "host": urls["ds"], "password": ds.DEFAULT_TOKEN,
-                                           "extra": {"rate_limit": "400/m"}}),
-        "AIRFLOW_CONN_GRIST_API": json.dumps({"conn_type": "http", "host": urls["grist"],
-                                              "password": grist.DEFAULT_API_KEY}),
+        "AIRFLOW_CONN_DS_API": json.dumps(
+            {"conn_type": "http", "host": urls["ds"], "password": ds.DEFAULT_TOKEN, "extra": {"rate_limit": "400/m"}}
+        ),
+        "AIRFLOW_CONN_GRIST_API": json.dumps(
+            {"conn_type": "http", "host": urls["grist"], "password": grist.DEFAULT_API_KEY}
+        ),
     }
 
 
@@ -73,8 +90,10 @@ def infrazen_env(db_url: str, url: str) -> dict[str, str]:
                                                                "region_host": f"{url}/selectel/regions/{{region}}"}},
         "beget": {"host": f"{url}/beget", "extra": {"cloud_host": f"{url}/beget"}},
     }  # fmt: skip
-    return {"AIRFLOW_CONN_INFRAZEN_DB": db_url,
-            **{f"AIRFLOW_CONN_INFRAZEN_{k.upper()}": json.dumps({"conn_type": "http", **v}) for k, v in hosts.items()}}
+    return {
+        "AIRFLOW_CONN_INFRAZEN_DB": db_url,
+        **{f"AIRFLOW_CONN_INFRAZEN_{k.upper()}": json.dumps({"conn_type": "http", **v}) for k, v in hosts.items()},
+    }
 
 
 @contextlib.contextmanager
@@ -101,8 +120,12 @@ def postgres(db_url: str | None):
 def sandbox(api: str, port: int, *args: str):
     """`python -m sandbox <api>` in the background, until the block ends."""
     log = open(DEMO / f"sandbox-{api}.log", "w")  # noqa: SIM115 -- closed below
-    proc = subprocess.Popen([sys.executable, "-m", "sandbox", api, "--port", str(port), *args],
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sandbox", api, "--port", str(port), *args],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(100):
@@ -144,8 +167,13 @@ def latest_report(db_url: str, dag_id: str) -> dict | None:
 
     with psycopg.connect(db_url.replace("postgres://", "postgresql://")) as conn:
         schemas = [r[0] for r in conn.execute("SELECT schemaname FROM pg_tables WHERE tablename = 'sync_runs'")]
-        rows = [conn.execute(f'SELECT finished_at, report FROM "{s}".sync_runs WHERE dag_id = %s '
-                             "ORDER BY finished_at DESC LIMIT 1", (dag_id,)).fetchone() for s in schemas]
+        rows = [
+            conn.execute(
+                f'SELECT finished_at, report FROM "{s}".sync_runs WHERE dag_id = %s ORDER BY finished_at DESC LIMIT 1',
+                (dag_id,),
+            ).fetchone()
+            for s in schemas
+        ]
     rows = [r for r in rows if r]
     return max(rows)[1] if rows else None
 
@@ -174,12 +202,21 @@ def main() -> int:
     parser.add_argument("what", nargs="?", choices=["run", "ui"], default="run")
     parser.add_argument("--db-url", help="target Postgres for every sync (default: an embedded one in .demo/pg)")
     parser.add_argument("--students", type=int, default=40335, help="42 sandbox size (default 40,335)")
-    parser.add_argument("--portaildf-users", type=int, default=1234,
-                        help="rows of the housing platform's users table (default 1,234)")
-    parser.add_argument("--rate", type=int, default=20,
-                        help="42 sandbox requests per second (the real API allows 2; default 20 for a quick demo)")
-    parser.add_argument("--infrazen-users", type=int, default=300,
-                        help="InfraZen users (with their cloud providers) the sandbox and app tables hold")
+    parser.add_argument(
+        "--portaildf-users", type=int, default=1234, help="rows of the housing platform's users table (default 1,234)"
+    )
+    parser.add_argument(
+        "--rate",
+        type=int,
+        default=20,
+        help="42 sandbox requests per second (the real API allows 2; default 20 for a quick demo)",
+    )
+    parser.add_argument(
+        "--infrazen-users",
+        type=int,
+        default=300,
+        help="InfraZen users (with their cloud providers) the sandbox and app tables hold",
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the services below are stopped on kill too
     DEMO.mkdir(exist_ok=True)
@@ -193,30 +230,56 @@ def main() -> int:
     gazelle_grant = f"demo-grant-{secrets.token_hex(8)}"
     with (
         postgres(args.db_url) as db_url,
-        sandbox("intra42", free_port(), "--students", str(args.students), "--per-second", str(args.rate),
-                "--client-id", SANDBOX_CLIENT_ID, "--client-secret", SANDBOX_SECRET) as intra42_url,
+        sandbox(
+            "intra42",
+            free_port(),
+            "--students",
+            str(args.students),
+            "--per-second",
+            str(args.rate),
+            "--client-id",
+            SANDBOX_CLIENT_ID,
+            "--client-secret",
+            SANDBOX_SECRET,
+        ) as intra42_url,
         sandbox("portaildf", free_port(), "--users", str(args.portaildf_users), "--per-second", "50") as portaildf_url,
         sandbox("gazelle", free_port(), "--refresh-token", gazelle_grant, "--per-second", "20") as gazelle_url,
         sandbox("ds", free_port()) as ds_url,
         sandbox("grist", free_port()) as grist_url,
         sandbox("infrazen", free_port(), "--users", str(args.infrazen_users)) as infrazen_url,
     ):
-        urls = {"intra42": intra42_url, "portaildf": portaildf_url, "gazelle": gazelle_url, "ds": ds_url,
-                "grist": grist_url}
+        urls = {
+            "intra42": intra42_url,
+            "portaildf": portaildf_url,
+            "gazelle": gazelle_url,
+            "ds": ds_url,
+            "grist": grist_url,
+        }
         env = demo_env(db_url, urls, args.rate, gazelle_grant)
         env.update(infrazen_env(db_url, infrazen_url))
         infrazen_data = InfraZenData(args.infrazen_users)
-        added_users, added_providers = seed_infrazen(db_url.replace("postgres://", "postgresql://"), "infrazen",
-                                                     infrazen_data.app_users(), infrazen_data.app_providers())
-        print(f"== InfraZen providers sandbox {infrazen_url}; the app's infrazen.users/cloud_providers: "
-              f"{added_users:,} users and {added_providers:,} providers added")
+        added_users, added_providers = seed_infrazen(
+            db_url.replace("postgres://", "postgresql://"),
+            "infrazen",
+            infrazen_data.app_users(),
+            infrazen_data.app_providers(),
+        )
+        print(
+            f"== InfraZen providers sandbox {infrazen_url}; the app's infrazen.users/cloud_providers: "
+            f"{added_users:,} users and {added_providers:,} providers added"
+        )
         print(f"== Postgres {db_url}\n== 42 sandbox {intra42_url} ({args.students:,} students, {args.rate} req/s)")
         print(f"== Portail DF sandbox {portaildf_url} ({args.portaildf_users:,} users, 50 req/s)")
         print(f"== Gazelle sandbox {gazelle_url} (850 clients, 20 req/s)")
-        print(f"== Démarches Simplifiées sandbox {ds_url} (démarches 101, 102); Grist sandbox {grist_url} "
-              "(ds_to_grist: two configurations sharing one document, dags/ds_to_grist.yaml)")
-        added = seed_portaildf_users(db_url.replace("postgres://", "postgresql://"), "portaildf",
-                                     portaildf.PortailDFData(args.portaildf_users).app_users())
+        print(
+            f"== Démarches Simplifiées sandbox {ds_url} (démarches 101, 102); Grist sandbox {grist_url} "
+            "(ds_to_grist: two configurations sharing one document, dags/ds_to_grist.yaml)"
+        )
+        added = seed_portaildf_users(
+            db_url.replace("postgres://", "postgresql://"),
+            "portaildf",
+            portaildf.PortailDFData(args.portaildf_users).app_users(),
+        )
         print(f"== the housing platform's portaildf.users table: {added:,} users added", flush=True)
         print("== preparing the Airflow metadata DB (.demo/airflow)", flush=True)
         if airflow(env, "db", "migrate", log=DEMO / "logs-db-migrate.log") != 0:

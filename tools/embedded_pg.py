@@ -56,9 +56,23 @@ class EmbeddedPostgres:
             settings += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         log = self.data_dir.parent / f"{self.data_dir.name}.log"
         subprocess.run(
-            _as_owner([str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-l", str(log), "-o", settings,
-                       "-w", "-t", "60", "start"]),
-            check=True, capture_output=True,
+            _as_owner(
+                [
+                    str(PG_BIN / "pg_ctl"),
+                    "-D",
+                    str(self.data_dir),
+                    "-l",
+                    str(log),
+                    "-o",
+                    settings,
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ]
+            ),
+            check=True,
+            capture_output=True,
         )
         self._create_database()
         return self
@@ -66,7 +80,8 @@ class EmbeddedPostgres:
     def stop(self) -> None:
         subprocess.run(
             _as_owner([str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"]),
-            check=False, capture_output=True,
+            check=False,
+            capture_output=True,
         )
 
     def _initdb(self) -> None:
@@ -75,9 +90,21 @@ class EmbeddedPostgres:
             shutil.chown(self.data_dir, "postgres", "postgres")
             shutil.chown(self.data_dir.parent, "postgres", "postgres")
         subprocess.run(
-            _as_owner([str(PG_BIN / "initdb"), "-D", str(self.data_dir), "-U", SUPERUSER, "--auth=trust",
-                       "-E", "UTF8", "--locale=C.UTF-8"]),
-            check=True, capture_output=True,
+            _as_owner(
+                [
+                    str(PG_BIN / "initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    SUPERUSER,
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                ]
+            ),
+            check=True,
+            capture_output=True,
         )
 
     def _create_database(self) -> None:

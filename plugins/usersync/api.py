@@ -50,9 +50,14 @@ CLIENT_EXTRAS = ("rate_limit", "timeout", "max_retries", "backoff", "token_path"
 SENSOR_HEADERS: dict[str, str | None] = dict.fromkeys(CLIENT_EXTRAS)
 RETRYABLE_STATUS = {500, 502, 503, 504}
 # No answer, or an answer cut short (the connection dropped mid-body, a bad chunk or gzip stream): try again.
-TRANSIENT_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-                    requests.exceptions.ContentDecodingError, urllib3.exceptions.ProtocolError,
-                    http.client.IncompleteRead)
+TRANSIENT_ERRORS = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+    urllib3.exceptions.ProtocolError,
+    http.client.IncompleteRead,
+)
 MAX_THROTTLED_WAITS = 50
 EPOCH_NOT_DELAY = 1e9  # a RateLimit-Reset above this is an instant (2001 on), not seconds to wait
 DEFAULT_TIMEOUT, DEFAULT_MAX_RETRIES, DEFAULT_BACKOFF = 30.0, 5, 1.0
@@ -85,8 +90,12 @@ class CallStats:
                 setattr(self, name, getattr(self, name) + n)
 
     def as_dict(self) -> dict[str, int]:
-        return {"api_calls": self.calls, "throttled": self.throttled, "retries": self.retries,
-                "token_renewals": self.token_renewals}
+        return {
+            "api_calls": self.calls,
+            "throttled": self.throttled,
+            "retries": self.retries,
+            "token_renewals": self.token_renewals,
+        }
 
 
 class ApiClient:
@@ -227,8 +236,10 @@ class ApiClient:
                 continue
             if problem is None:
                 if response.status_code >= 400:
-                    raise ApiError(f"{method} {_path(url)} answered {response.status_code}: {_snippet(response)}",
-                                   status=response.status_code)
+                    raise ApiError(
+                        f"{method} {_path(url)} answered {response.status_code}: {_snippet(response)}",
+                        status=response.status_code,
+                    )
                 return response
             failures = self._back_off(failures, f"{method} {_path(url)}: {problem}", answer)
 

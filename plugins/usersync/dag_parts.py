@@ -25,11 +25,19 @@ DEFAULT_ARGS = {
     "max_retry_delay": timedelta(minutes=30),
 }
 # The schema, run bookkeeping (sync_runs, quarantine, staged_deltas) and the functions stage statements use.
-COMMON_TABLES = ("common/create_schema.sql", "common/create_sync_runs.sql", "common/create_sync_runs_columns.sql",
-                 "common/create_sync_runs_index.sql", "common/create_sync_runs_dedup.sql",
-                 "common/create_sync_runs_run_idx.sql", "common/create_quarantine.sql",
-                 "common/create_quarantine_index.sql", "common/create_staged_deltas.sql",
-                 "common/create_json_refusal.sql", "common/create_timestamp_problem.sql")
+COMMON_TABLES = (
+    "common/create_schema.sql",
+    "common/create_sync_runs.sql",
+    "common/create_sync_runs_columns.sql",
+    "common/create_sync_runs_index.sql",
+    "common/create_sync_runs_dedup.sql",
+    "common/create_sync_runs_run_idx.sql",
+    "common/create_quarantine.sql",
+    "common/create_quarantine_index.sql",
+    "common/create_staged_deltas.sql",
+    "common/create_json_refusal.sql",
+    "common/create_timestamp_problem.sql",
+)
 NOT_YET = {404, 429, *RETRYABLE_STATUS}  # the API is starting, overloaded or down: poke again
 
 
@@ -49,8 +57,15 @@ def _without_credentials(request):
     return request  # as requests' `auth`: replaces the basic auth HttpHook builds from login/password
 
 
-def api_sensor(conn_id: str, endpoint: str, *, up: Sequence[int] = (200,), method: str = "GET",
-               send_login: bool = False, **kwargs: Any) -> HttpSensor:
+def api_sensor(
+    conn_id: str,
+    endpoint: str,
+    *,
+    up: Sequence[int] = (200,),
+    method: str = "GET",
+    send_login: bool = False,
+    **kwargs: Any,
+) -> HttpSensor:
     """Wait until the API answers one of the `up` statuses; another answer (e.g. refused credentials) fails.
 
     The connection's login/password go along (as basic auth) only with `send_login`, for a token endpoint
@@ -67,35 +82,48 @@ def api_sensor(conn_id: str, endpoint: str, *, up: Sequence[int] = (200,), metho
         raise AirflowFailException(f"{method} {endpoint} answered {response.status_code}: {response.text[:200]}")
 
     return HttpSensor(
-        task_id="api_available", http_conn_id=conn_id, method=method, endpoint=endpoint.lstrip("/"),
-        headers=SENSOR_HEADERS, extra_options={"check_response": False}, response_check=check,
+        task_id="api_available",
+        http_conn_id=conn_id,
+        method=method,
+        endpoint=endpoint.lstrip("/"),
+        headers=SENSOR_HEADERS,
+        extra_options={"check_response": False},
+        response_check=check,
         request_kwargs=None if send_login else {"auth": _without_credentials},
-        poke_interval=30, timeout=600, exponential_backoff=True, **kwargs,
+        poke_interval=30,
+        timeout=600,
+        exponential_backoff=True,
+        **kwargs,
     )
 
 
-def table_statements(schema: str, sync: str, statements: Sequence[str] = (),
-                     entities: Sequence[Entity] = ()) -> list[str]:
+def table_statements(
+    schema: str, sync: str, statements: Sequence[str] = (), entities: Sequence[Entity] = ()
+) -> list[str]:
     """What create_tables runs: the common tables, the declared entities' tables (usersync.entity.create_sql),
     then the sync's own statements (include/sql/<sync>/<name>.sql, as names Airflow's template search finds)."""
     declared = [statement.as_string(None) for entity in entities for statement in create_sql(entity)]
     return [session_settings(schema), *COMMON_TABLES, *declared, *(f"{sync}/{name}.sql" for name in statements)]
 
 
-def create_tables(conn_id: str, schema: str, sync: str, statements: Sequence[str] = (),
-                  entities: Sequence[Entity] = ()) -> SQLExecuteQueryOperator:
+def create_tables(
+    conn_id: str, schema: str, sync: str, statements: Sequence[str] = (), entities: Sequence[Entity] = ()
+) -> SQLExecuteQueryOperator:
     """A task making the tables of table_statements(), in order; all idempotent."""
     # One transaction (the operator commits once at the end), opened with the sync's settings.
-    return SQLExecuteQueryOperator(task_id="create_tables", conn_id=conn_id,
-                                   sql=table_statements(schema, sync, statements, entities))
+    return SQLExecuteQueryOperator(
+        task_id="create_tables", conn_id=conn_id, sql=table_statements(schema, sync, statements, entities)
+    )
 
 
 # For every `number` param: JSON Schema's number, minimum and maximum all accept NaN (every comparison with it
 # is false), and Airflow then stores it as null, so the run would fail later with a misleading "None is not of
 # type 'number'". NaN is the one number both >= 0 and < 0; the bounds refuse the infinities. Airflow checks
 # this when the run is created (trigger form, API, CLI): `Param(0.1, type="number", **dag_parts.FINITE)`.
-FINITE = {"not": {"allOf": [{"minimum": 0}, {"exclusiveMaximum": 0}]},
-          "allOf": [{"minimum": -sys.float_info.max, "maximum": sys.float_info.max}]}
+FINITE = {
+    "not": {"allOf": [{"minimum": 0}, {"exclusiveMaximum": 0}]},
+    "allOf": [{"minimum": -sys.float_info.max, "maximum": sys.float_info.max}],
+}
 
 
 def check_params():
@@ -110,7 +138,9 @@ def check_params():
     def check(dag=None, dag_run=None) -> None:
         unknown = sorted(set(dag_run.conf or {}) - set(dag.params))
         if unknown:
-            raise AirflowFailException(f"unknown param {', '.join(map(repr, unknown))} in the run's conf; this "
-                                       f"DAG's params are {', '.join(sorted(dag.params))}")
+            raise AirflowFailException(
+                f"unknown param {', '.join(map(repr, unknown))} in the run's conf; this "
+                f"DAG's params are {', '.join(sorted(dag.params))}"
+            )
 
     return check()

@@ -26,8 +26,10 @@ def session_settings(schema: str) -> str:
              one-shot statements for more time than it saves.
     work_mem: room for the de-duplicating sort of a whole batch without spilling to disk.
     """
-    return (f"SELECT set_config('search_path', '{schema}', true), set_config('jit', 'off', true), "
-            "set_config('work_mem', '64MB', true)")
+    return (
+        f"SELECT set_config('search_path', '{schema}', true), set_config('jit', 'off', true), "
+        "set_config('work_mem', '64MB', true)"
+    )
 
 
 class TargetDb:

@@ -43,8 +43,11 @@ def _describe(error: Any) -> str:
         return str(error)
     where = ".".join(map(str, error.get("path") or []))
     code = (error.get("extensions") or {}).get("code")
-    return " ".join(part for part in (error.get("message", "?"), f"at {where}" if where else "",
-                                      f"[{code}]" if code else "") if part)
+    return " ".join(
+        part
+        for part in (error.get("message", "?"), f"at {where}" if where else "", f"[{code}]" if code else "")
+        if part
+    )
 
 
 def connection_paginator(
@@ -69,8 +72,9 @@ def connection_paginator(
             nodes, info = page["nodes"], page["pageInfo"]
             more, cursor = bool(info["hasNextPage"]), info["endCursor"]
         except (KeyError, TypeError) as exc:
-            raise GraphQLError(f"POST {path}: {connection} is not a connection with nodes and pageInfo "
-                               f"({exc!r})") from exc
+            raise GraphQLError(
+                f"POST {path}: {connection} is not a connection with nodes and pageInfo ({exc!r})"
+            ) from exc
         if more and not cursor:
             raise GraphQLError(f"POST {path}: {connection} says there is a next page but gives no endCursor")
         done = not more or (stop_after is not None and stop_after(nodes))
@@ -79,8 +83,9 @@ def connection_paginator(
     return fetch
 
 
-def list_paginator(api: ApiClient, path: str, query: str, field: str, variables: dict[str, Any] | None = None
-                   ) -> Paginator:
+def list_paginator(
+    api: ApiClient, path: str, query: str, field: str, variables: dict[str, Any] | None = None
+) -> Paginator:
     """The one page of a root field that is a plain list (no connection: one request answers everything)."""
 
     def fetch(_state: dict[str, Any]) -> Page:
@@ -94,4 +99,3 @@ def list_paginator(api: ApiClient, path: str, query: str, field: str, variables:
 
 def first_page() -> dict[str, Any]:
     return {"after": None}
-

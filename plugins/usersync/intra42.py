@@ -26,18 +26,23 @@ def users_paginator(api: ApiClient, cursus_id: int, query: dict[str, Any], per_p
     path = CURSUS_USERS.format(cursus_id=cursus_id)
 
     def fetch(state: dict[str, Any]) -> Page:
-        params = {**query, "sort": "id", "range[id]": f"{state['after_id'] + 1},{MAX_ID}",
-                  "page": 1, "per_page": per_page}
+        params = {
+            **query,
+            "sort": "id",
+            "range[id]": f"{state['after_id'] + 1},{MAX_ID}",
+            "page": 1,
+            "per_page": per_page,
+        }
         body, response = api.fetch_json("GET", path, params=params)
         if not isinstance(body, list):
-            raise ApiError(f"GET {path} after id {state['after_id']}: expected a JSON array, "
-                           f"got {type(body).__name__}")
+            raise ApiError(f"GET {path} after id {state['after_id']}: expected a JSON array, got {type(body).__name__}")
         if not (body and "next" in response.links):
             return Page(records=body, next=None)
         last_id = max(_id(r) for r in body)
         if last_id <= state["after_id"]:  # a page of unreadable ids: going on would loop back to the start
-            raise ApiError(f"GET {path} after id {state['after_id']}: no readable id on the page, "
-                           "cannot continue the walk")
+            raise ApiError(
+                f"GET {path} after id {state['after_id']}: no readable id on the page, cannot continue the walk"
+            )
         return Page(records=body, next={"after_id": last_id})
 
     return fetch

@@ -82,8 +82,12 @@ class DeltaNotStagedError(Exception):
 
 
 def stage(
-    db: TargetDb, entity: Entity | str, prefixes: str | ObjectStoragePath | Sequence[str], run_id: str,
-    children: Sequence[str] = (), params: dict[str, Any] | None = None,
+    db: TargetDb,
+    entity: Entity | str,
+    prefixes: str | ObjectStoragePath | Sequence[str],
+    run_id: str,
+    children: Sequence[str] = (),
+    params: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """COPY the records staged under one or more prefixes into <entity>_raw, then project them into
     <entity>_delta (and the deltas of its children, records nested in the entity's: a declaration's, or the
@@ -100,12 +104,20 @@ def stage(
         cur.execute(
             "DELETE FROM staged_deltas WHERE (entity = %(entity)s AND run_id = %(run_id)s) "
             f"OR staged_at < now() - interval '{RETENTION}'",
-            {"entity": name, "run_id": run_id})
+            {"entity": name, "run_id": run_id},
+        )
         cur.execute(
             "INSERT INTO staged_deltas (entity, run_id, prefixes, children, params, row_counts) "
             "VALUES (%s, %s, %s, %s, %s, %s)",
-            (name, run_id, prefixes, list(children), json.dumps(params or {}),
-             json.dumps(_delta_rows(cur, name, children))))
+            (
+                name,
+                run_id,
+                prefixes,
+                list(children),
+                json.dumps(params or {}),
+                json.dumps(_delta_rows(cur, name, children)),
+            ),
+        )
     log.info("staged %s: %s", name, counts)
     return counts
 
@@ -117,8 +129,9 @@ def _names(entity: Entity | str, children: Sequence[str] = ()) -> tuple[str, lis
     return entity.name, [c.name for c in entity.children]
 
 
-def _step(db: TargetDb, cur: Any, step: str, entity: Entity | str, params: dict[str, Any] | None,
-          generate: Any) -> dict[str, Any]:
+def _step(
+    db: TargetDb, cur: Any, step: str, entity: Entity | str, params: dict[str, Any] | None, generate: Any
+) -> dict[str, Any]:
     """One step's statement: the sync's <step>_<entity>.sql when it has one (always for an entity given by
     name), else the one `generate()` builds from the declaration. Its first row, as a dict."""
     name = f"{step}_{entity if isinstance(entity, str) else entity.name}"
@@ -128,8 +141,15 @@ def _step(db: TargetDb, cur: Any, step: str, entity: Entity | str, params: dict[
     return dict(zip([c.name for c in cur.description], cur.fetchone(), strict=True))
 
 
-def _stage(db: TargetDb, cur: Any, entity: Entity | str, prefixes: Sequence[str], run_id: str,
-           children: Sequence[str], stage_params: dict[str, Any]) -> dict[str, Any]:
+def _stage(
+    db: TargetDb,
+    cur: Any,
+    entity: Entity | str,
+    prefixes: Sequence[str],
+    run_id: str,
+    children: Sequence[str],
+    stage_params: dict[str, Any],
+) -> dict[str, Any]:
     """Empty the entity's raw and delta tables and fill them with this run's staged records."""
     entity_name = _names(entity)[0]
     raw, suspect = sql.Identifier(f"{entity_name}_raw"), sql.Identifier(f"{entity_name}_suspect")
@@ -184,8 +204,11 @@ def _staged_lines(prefixes: Sequence[ObjectStoragePath], suspects: list[bytes]) 
 
 def _delta_rows(cur: Any, entity: str, children: Sequence[str]) -> dict[str, int]:
     names = [f"{name}_delta" for name in (entity, *children)]
-    cur.execute(sql.SQL("SELECT {}").format(sql.SQL(", ").join(
-        sql.SQL("(SELECT count(*) FROM {})").format(sql.Identifier(n)) for n in names)))
+    cur.execute(
+        sql.SQL("SELECT {}").format(
+            sql.SQL(", ").join(sql.SQL("(SELECT count(*) FROM {})").format(sql.Identifier(n)) for n in names)
+        )
+    )
     return dict(zip(names, cur.fetchone(), strict=True))
 
 
@@ -193,8 +216,11 @@ def _own_delta(db: TargetDb, cur: Any, entity_or_name: Entity | str, run_id: str
     """Make sure <entity>_delta holds what this run's stage produced; rebuild it if not. Returns the rebuilt
     delta's stage counts (None when it was intact). Under the entity's lock."""
     entity = _names(entity_or_name)[0]
-    cur.execute("SELECT run_id, prefixes, children, params, row_counts FROM staged_deltas WHERE entity = %s "
-                "ORDER BY (run_id = %s) DESC, id DESC", (entity, run_id))
+    cur.execute(
+        "SELECT run_id, prefixes, children, params, row_counts FROM staged_deltas WHERE entity = %s "
+        "ORDER BY (run_id = %s) DESC, id DESC",
+        (entity, run_id),
+    )
     rows = cur.fetchall()
     if not rows or rows[0][0] != run_id:
         raise DeltaNotStagedError(f"{entity}: run {run_id} staged nothing to write (stage before upsert)")
@@ -207,10 +233,14 @@ def _own_delta(db: TargetDb, cur: Any, entity_or_name: Entity | str, run_id: str
     log.warning("%s_delta no longer holds what this run staged (%s): staging it again", entity, why)
     counts = _stage(db, cur, entity_or_name, prefixes, run_id, children, stage_params)
     if _delta_rows(cur, entity, children) != row_counts:
-        raise RuntimeError(f"{entity}: staging run {run_id} again gave other row counts than its stage "
-                           f"({row_counts}): its staging files changed?")
-    cur.execute("UPDATE staged_deltas SET id = DEFAULT, staged_at = clock_timestamp() "
-                "WHERE entity = %s AND run_id = %s", (entity, run_id))
+        raise RuntimeError(
+            f"{entity}: staging run {run_id} again gave other row counts than its stage "
+            f"({row_counts}): its staging files changed?"
+        )
+    cur.execute(
+        "UPDATE staged_deltas SET id = DEFAULT, staged_at = clock_timestamp() WHERE entity = %s AND run_id = %s",
+        (entity, run_id),
+    )
     return counts
 
 
@@ -250,16 +280,23 @@ def upsert(
             written = _upsert_one(db, cur, declared or child)
             # The parents' records list all their children: the others go, by the child's deletion policy.
             if declared is not None and declared.deletion != "none":
-                written.update(_step(db, cur, "prune", declared, None,
-                                     lambda c=declared: delete_sql(c, run_id, parent=entity)))
+                written.update(
+                    _step(db, cur, "prune", declared, None, lambda c=declared: delete_sql(c, run_id, parent=entity))
+                )
             elif declared is None and db.has_sql(f"prune_{child}"):
                 written.update(db.run(cur, f"prune_{child}"))
             counts.update({f"{child}_{k}": v for k, v in written.items()})
         counts["marked_deleted"] = counts["removed"] = 0
         if full_refresh and not (isinstance(entity, Entity) and entity.deletion == "none"):
             params = {"run_id": run_id, "entity": name, "fetch_started": fetch_started, **(scope or {})}
-            gone = _step(db, cur, "mark_deleted", entity, params, lambda: delete_sql(
-                entity, run_id, fetch_started=fetch_started, window=(scope or {}).get("window")))
+            gone = _step(
+                db,
+                cur,
+                "mark_deleted",
+                entity,
+                params,
+                lambda: delete_sql(entity, run_id, fetch_started=fetch_started, window=(scope or {}).get("window")),
+            )
             gone_count = gone.get("marked", 0) + gone.get("removed", 0)
             share = gone_count / max(gone["active_before"], 1)
             if share > max_delete_share:
@@ -271,8 +308,16 @@ def upsert(
                 )
             counts["marked_deleted"], counts["removed"] = gone.get("marked", 0), gone.get("removed", 0)
         if moves_watermark and (db.has_sql(f"watermark_{name}") or getattr(entity, "cursor", None)):
-            counts.update(_step(db, cur, "watermark", entity, {"upto": watermark_upto},
-                                lambda: watermark_sql(entity, watermark_upto)))
+            counts.update(
+                _step(
+                    db,
+                    cur,
+                    "watermark",
+                    entity,
+                    {"upto": watermark_upto},
+                    lambda: watermark_sql(entity, watermark_upto),
+                )
+            )
         if restaged is not None:
             counts["restaged"] = restaged.get("staged", True)
         if db.has_sql(f"summary_{name}"):
@@ -291,9 +336,11 @@ def _upsert_one(db: TargetDb, cur: Any, entity: Entity | str) -> dict[str, Any]:
         return _step(db, cur, "upsert", entity, None, lambda: upsert_sql(entity))
     if db.has_sql(f"upsert_{entity}"):
         return db.run(cur, f"upsert_{entity}")
-    cur.execute("SELECT array_agg(column_name::text ORDER BY ordinal_position) FROM information_schema.columns "
-                "WHERE table_schema = current_schema() AND table_name = %s AND column_name <> 'ingested_at'",
-                (f"{entity}_delta",))
+    cur.execute(
+        "SELECT array_agg(column_name::text ORDER BY ordinal_position) FROM information_schema.columns "
+        "WHERE table_schema = current_schema() AND table_name = %s AND column_name <> 'ingested_at'",
+        (f"{entity}_delta",),
+    )
     columns = cur.fetchone()[0]
     if not columns or "id" not in columns:
         raise ValueError(f"{entity}_delta: no such table with an id column in schema {db.schema}")

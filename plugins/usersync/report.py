@@ -16,17 +16,43 @@ from usersync.db import TargetDb
 log = logging.getLogger(__name__)
 
 # The figures every report shows first, in this order; anything else a sync adds follows.
-HEADLINE = ("window", "since", "processed", "chunks", "fetched", "pages", "staged", "inserted", "updated", "unchanged",
-            "marked_deleted", "not_found", "failed", "quarantined", "duplicates", "api_calls", "requests_per_s",
-            "throttled", "retries", "duration_s")
+HEADLINE = (
+    "window",
+    "since",
+    "processed",
+    "chunks",
+    "fetched",
+    "pages",
+    "staged",
+    "inserted",
+    "updated",
+    "unchanged",
+    "marked_deleted",
+    "not_found",
+    "failed",
+    "quarantined",
+    "duplicates",
+    "api_calls",
+    "requests_per_s",
+    "throttled",
+    "retries",
+    "duration_s",
+)
 LISTED = 10  # a list in the logged table shows its first items; XCom and sync_runs keep all of them
 
 
-def build_report(*, dag_id: str, run_id: str, mode: str, dry_run: bool, started_at: datetime | None,
-                 **figures: Any) -> dict[str, Any]:
+def build_report(
+    *, dag_id: str, run_id: str, mode: str, dry_run: bool, started_at: datetime | None, **figures: Any
+) -> dict[str, Any]:
     finished = datetime.now(UTC)
-    report = {"dag_id": dag_id, "run_id": run_id, "mode": mode, "dry_run": dry_run,
-              "started_at": started_at.isoformat() if started_at else None, "finished_at": finished.isoformat()}
+    report = {
+        "dag_id": dag_id,
+        "run_id": run_id,
+        "mode": mode,
+        "dry_run": dry_run,
+        "started_at": started_at.isoformat() if started_at else None,
+        "finished_at": finished.isoformat(),
+    }
     if started_at and "duration_s" not in figures:
         figures["duration_s"] = round((finished - started_at).total_seconds(), 1)
     report.update(figures)
@@ -74,11 +100,18 @@ def _shown(value: Any) -> str:
 
 
 def record_run(db: TargetDb, report: dict[str, Any]) -> None:
-    db.query("record_run", {
-        "dag_id": report["dag_id"], "run_id": report["run_id"], "mode": report["mode"],
-        "dry_run": report["dry_run"], "started_at": report["started_at"], "watermark": report.get("watermark"),
-        "report": json.dumps(report, default=str),
-    })
+    db.query(
+        "record_run",
+        {
+            "dag_id": report["dag_id"],
+            "run_id": report["run_id"],
+            "mode": report["mode"],
+            "dry_run": report["dry_run"],
+            "started_at": report["started_at"],
+            "watermark": report.get("watermark"),
+            "report": json.dumps(report, default=str),
+        },
+    )
 
 
 def publish(db: TargetDb, report: dict[str, Any]) -> dict[str, Any]:
@@ -113,14 +146,24 @@ class RunFailed:
 
     def __call__(self, context: dict[str, Any]) -> None:
         ti, dag_run = context["ti"], context["dag_run"]
-        error = {"task": ti.task_id, "map_index": ti.map_index, "try": ti.try_number,
-                 "error": error_text(context.get("exception")), "at": datetime.now(UTC).isoformat()}
+        error = {
+            "task": ti.task_id,
+            "map_index": ti.map_index,
+            "try": ti.try_number,
+            "error": error_text(context.get("exception")),
+            "at": datetime.now(UTC).isoformat(),
+        }
         try:
-            self.db.query("record_failure", {
-                "dag_id": dag_run.dag_id, "run_id": dag_run.run_id, "error": json.dumps(error),
-                "dry_run": bool((context.get("params") or {}).get("dry_run", False)),
-                "started_at": dag_run.start_date,
-            })
+            self.db.query(
+                "record_failure",
+                {
+                    "dag_id": dag_run.dag_id,
+                    "run_id": dag_run.run_id,
+                    "error": json.dumps(error),
+                    "dry_run": bool((context.get("params") or {}).get("dry_run", False)),
+                    "started_at": dag_run.start_date,
+                },
+            )
         except Exception:
             log.exception("could not record the failure of %s in sync_runs", ti.task_id)
         try:
@@ -147,8 +190,9 @@ def notifier(conn_id: str = NOTIFY_CONN, **message: str):
     if conn.conn_type == "smtp" and "notifier" not in extra:
         from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
-        return SmtpNotifier(to=extra["to"], smtp_conn_id=conn_id, subject=message["subject"],
-                            html_content=message["html_content"])
+        return SmtpNotifier(
+            to=extra["to"], smtp_conn_id=conn_id, subject=message["subject"], html_content=message["html_content"]
+        )
     module, _, name = extra["notifier"].rpartition(".")
     return getattr(importlib.import_module(module), name)(**extra.get("notifier_args", {}))
 
@@ -158,8 +202,10 @@ def notify_failure(context: dict[str, Any], error: dict[str, Any]) -> None:
     notifier_args can also use `{{ usersync_failure }}` (task and error on one line)."""
     dag_run = context["dag_run"]
     summary = f"{dag_run.dag_id} run {dag_run.run_id} failed in task {error['task']}: {error['error']}"
-    send = notifier(subject=_verbatim(f"usersync: {dag_run.dag_id} failed in {error['task']}"),
-                    html_content=_verbatim(f"<pre>{html.escape(summary)}</pre>"))
+    send = notifier(
+        subject=_verbatim(f"usersync: {dag_run.dag_id} failed in {error['task']}"),
+        html_content=_verbatim(f"<pre>{html.escape(summary)}</pre>"),
+    )
     if send is None:
         return
     context["usersync_failure"] = summary

@@ -89,7 +89,11 @@ def fetch_to_staging(
         return manifest
     prefix.mkdir(parents=True, exist_ok=True)
     progress = read_json(prefix / "_progress.json") or {
-        "pages": 0, "records": 0, "next": first, "started_epoch": time.time(), "api": {},
+        "pages": 0,
+        "records": 0,
+        "next": first,
+        "started_epoch": time.time(),
+        "api": {},
     }
     if progress["pages"]:
         log.info("resuming after %s staged pages", progress["pages"])
@@ -99,8 +103,12 @@ def fetch_to_staging(
         page = paginate(state)
         number = progress["pages"] + 1
         write_ndjson(prefix / f"page-{number:06d}.ndjson", page.records)
-        progress.update(pages=number, records=progress["records"] + len(page.records), next=page.next,
-                        api=_sum(earlier_api, client.stats.as_dict()))
+        progress.update(
+            pages=number,
+            records=progress["records"] + len(page.records),
+            next=page.next,
+            api=_sum(earlier_api, client.stats.as_dict()),
+        )
         write_json(prefix / "_progress.json", progress)
         log.info("staged page %d (%d records, %d so far)", number, len(page.records), progress["records"])
         state = page.next
@@ -110,8 +118,12 @@ def fetch_to_staging(
 
 
 def fan_out_to_staging(
-    prefix: ObjectStoragePath, items: Sequence[Any], work: Callable[[Any], Any], client: ApiClient,
-    num_workers: int, failed: Callable[[Any], bool] = lambda answer: False,
+    prefix: ObjectStoragePath,
+    items: Sequence[Any],
+    work: Callable[[Any], Any],
+    client: ApiClient,
+    num_workers: int,
+    failed: Callable[[Any], bool] = lambda answer: False,
 ) -> dict[str, Any]:
     """Stage `work(item)` for every item, as one page, `num_workers` calls at a time; returns the manifest.
 
@@ -142,8 +154,9 @@ def _staged_earlier(prefix: ObjectStoragePath) -> dict[str, Any] | None:
     return manifest
 
 
-def _finish(prefix: ObjectStoragePath, started_epoch: float, pages: int, records: int,
-            api: dict[str, int]) -> dict[str, Any]:
+def _finish(
+    prefix: ObjectStoragePath, started_epoch: float, pages: int, records: int, api: dict[str, int]
+) -> dict[str, Any]:
     """Write the fetch's manifest, the mark that everything is staged."""
     manifest = {
         "prefix": str(prefix),
@@ -212,7 +225,6 @@ def clean_up(dag_id: str, run_id: str, keep_days: float = RETENTION_DAYS) -> Non
     for folder in mine.parent.iterdir():
         if folder.name == mine.name or not _touched_since(folder, cutoff):
             folder.rmdir(recursive=True)
-
 
 
 def _touched_since(folder: ObjectStoragePath, cutoff: float) -> bool:

@@ -43,15 +43,23 @@ def choose_window(
     if run_type == "backfill" or interval_only:
         if interval_start is None or interval_end is None:
             raise ValueError("this run has no data interval to fetch")
-        return {"mode": "interval", "why": f"{run_type} run, its data interval",
-                "updated_from": _iso(interval_start), "updated_to": _iso(interval_end)}
+        return {
+            "mode": "interval",
+            "why": f"{run_type} run, its data interval",
+            "updated_from": _iso(interval_start),
+            "updated_to": _iso(interval_end),
+        }
     if watermark is None:
         return {"mode": "full", "why": "no watermark yet (no full or incremental run has finished)"}
     if reconcile_every is not None and (last_full is None or now - last_full >= reconcile_every):
         since = f"started {_iso(last_full)}" if last_full else "not recorded"
         return {"mode": "full", "why": f"reconcile: the last full read ({since}) is older than {reconcile_every}"}
-    return {"mode": "incremental", "why": f"changes since the last watermark {_iso(watermark)}",
-            "updated_from": _iso(watermark - overlap), "updated_to": _iso(now + timedelta(seconds=1))}
+    return {
+        "mode": "incremental",
+        "why": f"changes since the last watermark {_iso(watermark)}",
+        "updated_from": _iso(watermark - overlap),
+        "updated_to": _iso(now + timedelta(seconds=1)),
+    }
 
 
 def _iso(moment: datetime) -> str:
