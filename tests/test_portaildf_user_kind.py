@@ -192,7 +192,7 @@ def test_bad_credentials_fail_the_run_after_one_login_attempt(portaildf, sql, ap
 
 def test_api_v2_bearer_tokens_renewed_when_they_expire(portaildf, sql):
     os.environ["AIRFLOW_CONN_PORTAILDF_API"] = portaildf_conn(portaildf.url, api_version="2")
-    portaildf.app.state.accounts.access_ttl = 2  # expires during the run (not before a fresh one is used): renewed on 401
+    portaildf.app.state.accounts.access_ttl = 2  # expires mid-run, not before a fresh one is used: renewed on 401
     try:
         _, report = sync({"num_workers": 2})
     finally:
