@@ -218,3 +218,23 @@ def fresh_schema(pg, airflow_db, sql):
             sql(f"SET search_path TO {schema}; {statement.replace('{{ schema }}', schema)}")
 
     return make
+
+
+def student(id_: int, **changes) -> dict:
+    """A 42 student record as the API sends it, with `changes` applied."""
+    record = {
+        "id": id_,
+        "login": f"login{id_}",
+        "email": f"login{id_}@student.42.fr",
+        "first_name": "Zoé",
+        "last_name": "Łukasz",
+        "pool_month": "july",
+        "pool_year": "2023",
+        "location": None,
+        "wallet": 10,
+        "correction_point": 3,
+        "updated_at": "2025-06-01T10:00:00.000Z",
+        "kind": "student",
+    }
+    record.update(changes)
+    return record

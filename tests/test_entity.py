@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import psycopg
 import pytest
-from conftest import ROOT
+from conftest import ROOT, student
 from psycopg import sql as q
 from usersync.entities import INTRA42_USERS, PORTAILDF_LOOKUPS
 from usersync.entity import Column, Entity, create_sql, delete_sql, load_order, stage_sql, upsert_sql
@@ -77,25 +77,6 @@ def make_schema(url: str, schema: str) -> Db:
 @pytest.fixture
 def db(pg):
     return make_schema(pg.url, SCHEMA)
-
-
-def student(id_: int, **changes) -> dict:
-    record = {
-        "id": id_,
-        "login": f"login{id_}",
-        "email": f"login{id_}@student.42.fr",
-        "first_name": "Zoé",
-        "last_name": "Łukasz",
-        "pool_month": "july",
-        "pool_year": "2023",
-        "location": None,
-        "wallet": 10,
-        "correction_point": 3,
-        "updated_at": "2025-06-01T10:00:00.000Z",
-        "kind": "student",
-    }
-    record.update(changes)
-    return record
 
 
 EVERY_TYPE = Entity(

@@ -5,30 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import student
 from usersync import load
 from usersync.db import TargetDb
 from usersync.entities import INTRA42_USERS as USERS
 
 RUN = "manual__test"
-
-
-def student(id_: int, **changes):
-    record = {
-        "id": id_,
-        "login": f"login{id_}",
-        "email": f"login{id_}@student.42.fr",
-        "first_name": "Zoé",
-        "last_name": "Łukasz",
-        "pool_month": "july",
-        "pool_year": "2023",
-        "location": None,
-        "wallet": 10,
-        "correction_point": 3,
-        "updated_at": "2025-06-01T10:00:00.000Z",
-        "kind": "student",
-    }
-    record.update(changes)
-    return record
 
 
 def write_pages(directory, *pages):
