@@ -274,3 +274,21 @@ def test_a_suspicious_line_keeps_its_place_among_duplicates(db, tmp_path, sql):
         (1, 2, "Zoé"),
         (2, 3, "New 😀"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "suspicious"),
+    [
+        (rb'"Zo\u00e9 \ud83d\ude00"', False),  # an accent, an emoji's surrogate pair: jsonb takes them
+        (rb'"\ud83d\uDE00"', False),
+        (rb'"half \ud83d"', True),  # a lone high surrogate
+        (rb'"\ude00 alone"', True),  # a lone low one
+        (rb'"\ude00\ud83d"', True),  # a pair in the wrong order
+        (rb'"\ud83d\ud83d\ude00"', True),  # a high one followed by another high one
+        (rb'"nul \u0000"', True),
+        (rb'{"wallet":NaN}', True),
+        (rb'{"wallet":-Infinity}', True),
+    ],
+)
+def test_suspicious_lines_are_those_jsonb_may_refuse(text, suspicious):
+    assert load._suspicious(text) is suspicious

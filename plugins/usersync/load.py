@@ -50,9 +50,14 @@ CREATE_SUSPECT = "CREATE UNLOGGED TABLE IF NOT EXISTS {} (seq bigint NOT NULL, l
 COPY_SUSPECT = "COPY {} (seq, line) FROM STDIN WITH (FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')"
 PLACEHOLDER = b"null"  # JSON, for COPY into jsonb
 # What can make a valid JSON line unstorable as jsonb (staged files are ASCII: every non-ASCII character is a
-# \u escape): \u0000, a surrogate (paired ones are fine, lone ones are not), NaN/Infinity. False alarms (an
-# emoji's surrogate pair, "NaN" in a name) only cost a guarded cast.
-SUSPECT = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])|NaN|Infinity")
+# \u escape): \u0000, a lone surrogate (a high one not followed by a low one, a low one not preceded by a high
+# one; an emoji's pair is fine), NaN/Infinity. False alarms ("NaN" in a name) only cost a guarded cast. Searched
+# as one regex with a literal prefix plus two substring tests: a regex alternation of the three scans a page
+# three times slower.
+SUSPECT = re.compile(
+    rb"\\u(?:0000|[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])|(?<![dD][89abAB][0-9a-fA-F]{2}\\u)[dD][c-fC-F])"
+)
+NON_FINITE = (b"NaN", b"Infinity")
 # Suspicious lines: the storable ones take their place in <entity>_raw, the others leave it for quarantine with
 # Postgres' reason (the line kept as a JSON string, verbatim).
 SORT_SUSPECTS = """
@@ -189,17 +194,21 @@ def _staged_lines(prefixes: Sequence[ObjectStoragePath], suspects: list[bytes]) 
             data = page.read_bytes()
             if data and not data.endswith(b"\n"):
                 data += b"\n"
-            if SUSPECT.search(data) is None:
+            if not _suspicious(data):
                 seq += data.count(b"\n")
                 yield data
                 continue
             lines = data.split(b"\n")[:-1]
             for i, line in enumerate(lines, seq + 1):
-                if SUSPECT.search(line):
+                if _suspicious(line):
                     suspects.append(b"%d\x02%b\n" % (i, line))
                     lines[i - seq - 1] = PLACEHOLDER
             seq += len(lines)
             yield b"\n".join(lines) + b"\n"
+
+
+def _suspicious(data: bytes) -> bool:
+    return SUSPECT.search(data) is not None or any(word in data for word in NON_FINITE)
 
 
 def _delta_rows(cur: Any, entity: str, children: Sequence[str]) -> dict[str, int]:
