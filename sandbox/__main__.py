@@ -219,11 +219,22 @@ def _ds(sub: argparse._SubParsersAction) -> None:
 _APIS = [_intra42, _portaildf, _gazelle, _infrazen, _grist, _ds]
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     parser = argparse.ArgumentParser(prog="python -m sandbox", description=__doc__)
     sub = parser.add_subparsers(dest="api", required=True, metavar="API")
     for register in _APIS:
         register(sub)
+    return parser, sub
+
+
+def build_app(argv: list[str]):
+    """The app `python -m sandbox <argv>` would serve (for serving it in a thread: sandbox.common.serve)."""
+    args = _parser()[0].parse_args(argv)
+    return args.build(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, sub = _parser()
     everything = sub.add_parser("all", help="every API with its defaults, each on its default port")
     everything.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args(argv)

@@ -29,6 +29,7 @@ REDIS = shutil.which("redis-server")
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
 START = datetime(2026, 3, 1, tzinfo=UTC)
 INTERVALS = 10  # of 6 hours: the students' updated_at are spread over them
+PORTAILDF_USERS, INFRAZEN_USERS = 200, 40
 pytestmark = pytest.mark.skipif(REDIS is None, reason="redis-server is not installed (scripts/test does)")
 
 
@@ -106,7 +107,36 @@ def students():
 
 
 @pytest.fixture(scope="module")
-def deployment(pg, students):
+def other_syncs(pg):
+    """The sandboxes of every other sync (threads of this process, small data) and the application tables their
+    syncs update; yields the connections of every sync (environment variables), as the demo makes them."""
+    from sandbox.__main__ import build_app
+    from sandbox.common import serve
+    from sandbox.infrazen import InfraZenData
+    from sandbox.portaildf import PortailDFData
+    from tools.app_tables import seed_infrazen, seed_portaildf_users
+    from tools.demo import connections, infrazen_env
+
+    grant = f"celery-grant-{secrets.token_hex(4)}"
+    sandboxes = {
+        "portaildf": ["portaildf", "--users", str(PORTAILDF_USERS), "--per-second", "50"],
+        "gazelle": ["gazelle", "--clients", "60", "--refresh-token", grant, "--per-second", "20"],
+        "ds": ["ds"],
+        "grist": ["grist"],
+        "infrazen": ["infrazen", "--users", str(INFRAZEN_USERS)],
+    }
+    infrazen = InfraZenData(INFRAZEN_USERS)
+    seed_portaildf_users(pg.url, "portaildf", PortailDFData(PORTAILDF_USERS).app_users())
+    seed_infrazen(pg.url, "infrazen", infrazen.app_users(), infrazen.app_providers())
+    db_url = pg.url.replace("postgresql://", "postgres://")
+    with contextlib.ExitStack() as stack:
+        urls = {name: stack.enter_context(serve(build_app(argv))) for name, argv in sandboxes.items()}
+        urls["intra42"] = "http://unused"  # the deployment's own 42 sandbox: students
+        yield {**connections(db_url, urls, 40, grant), **infrazen_env(db_url, urls["infrazen"])}
+
+
+@pytest.fixture(scope="module")
+def deployment(pg, students, other_syncs):
     """Everything started, the metadata DB migrated; yields (Processes, run SQL on the metadata DB)."""
     import psycopg
     import requests
@@ -123,6 +153,7 @@ def deployment(pg, students):
 
     env = {
         **os.environ,
+        **other_syncs,
         **airflow_env(home, home / "shared-staging"),  # one staging path, both workers
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")]),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": meta_url.replace("postgresql://", "postgresql+psycopg://"),
@@ -260,3 +291,45 @@ def test_a_backfill_runs_10_intervals_at_once_on_both_workers(deployment, backfi
 # Issue 9, item 1: concurrent runs once shared <entity>_raw/_delta and one run's cleanup deleted another's staging.
 def test_a_backfill_of_10_concurrent_intervals_ends_with_the_exact_table(backfilled, students, sql):
     assert actual_table(sql) == expected_table(students)
+
+
+def test_every_other_dag_runs_through_the_scheduler_and_celery(deployment, pg):
+    """dag.test() runs a DAG's tasks in one process; here each other sync runs as production runs it: triggered
+    through the REST API, scheduled, its tasks (mapped ones, branches, task groups) on Celery workers, XCom,
+    connections and Variables through the execution API. Each run succeeds and records its report."""
+    import requests
+
+    from tools.demo import dag_ids, latest_report
+
+    processes, api, meta = deployment
+    syncs = [dag_id for dag_id in dag_ids() if dag_id != "intra42_users"]
+    wait_for(
+        "the other DAGs parsed",
+        lambda: all(requests.get(f"{api}/dags/{d}", timeout=5).ok for d in syncs),
+        120,
+        processes,
+    )
+    runs = {}
+    for dag_id in syncs:
+        requests.patch(f"{api}/dags/{dag_id}", json={"is_paused": False}, timeout=10).raise_for_status()
+        answer = requests.post(f"{api}/dags/{dag_id}/dagRuns", json={"logical_date": None}, timeout=10)
+        assert answer.status_code == 200, answer.text
+        runs[dag_id] = answer.json()["dag_run_id"]
+
+    def states() -> dict[str, str]:
+        rows = meta(
+            "SELECT dag_id, run_id, state FROM dag_run WHERE run_type = 'manual' AND dag_id = ANY(%s)", (syncs,)
+        )
+        return {dag_id: state for dag_id, run_id, state in rows if runs.get(dag_id) == run_id}
+
+    finished = wait_for(
+        "every other DAG's run",
+        lambda: (now := states()) and all(now.get(d) in ("success", "failed") for d in syncs) and now,
+        600,
+        processes,
+        every=3,
+    )
+    assert finished == dict.fromkeys(syncs, "success"), task_failures(processes)
+    for dag_id in syncs:
+        report = latest_report(pg.url, dag_id, runs[dag_id])
+        assert report is not None and report["run_id"] == runs[dag_id], dag_id  # its report, recorded

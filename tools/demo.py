@@ -33,7 +33,7 @@ SANDBOX_CLIENT_ID, SANDBOX_SECRET = "usersync-sandbox-uid", "usersync-sandbox-se
 
 
 def demo_env(db_url: str, urls: dict[str, str], rate_per_second: int, gazelle_grant: str) -> dict[str, str]:
-    """Airflow's environment: one API and one DB connection per sync (every DB connection to the same Postgres)."""
+    """Airflow's environment, with the connections of every sync."""
     home = DEMO / "airflow"
     home.mkdir(parents=True, exist_ok=True)
     return {
@@ -41,6 +41,15 @@ def demo_env(db_url: str, urls: dict[str, str], rate_per_second: int, gazelle_gr
         **airflow_env(home, DEMO / "staging"),
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")]),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        **connections(db_url, urls, rate_per_second, gazelle_grant),
+        **infrazen_env(db_url, urls["infrazen"]),
+    }
+
+
+def connections(db_url: str, urls: dict[str, str], rate_per_second: int, gazelle_grant: str) -> dict[str, str]:
+    """One API and one DB connection per sync (every DB connection to the same Postgres), as environment variables;
+    `urls`: each sandbox's base URL. (InfraZen's: infrazen_env.)"""
+    return {
         "AIRFLOW_CONN_INTRA42_DB": db_url,
         "AIRFLOW_CONN_INTRA42_API": json.dumps(
             {
@@ -161,16 +170,17 @@ def dag_ids() -> list[str]:
     return [name for name in files if name != "ds_to_grist"] + generated
 
 
-def latest_report(db_url: str, dag_id: str) -> dict | None:
-    """The newest sync_runs row of a DAG, whichever schema the DAG writes to."""
+def latest_report(db_url: str, dag_id: str, run_id: str | None = None) -> dict | None:
+    """The newest sync_runs row of a DAG (or of one of its runs), whichever schema the DAG writes to."""
     import psycopg
 
     with psycopg.connect(db_url.replace("postgres://", "postgresql://")) as conn:
         schemas = [r[0] for r in conn.execute("SELECT schemaname FROM pg_tables WHERE tablename = 'sync_runs'")]
         rows = [
             conn.execute(
-                f'SELECT finished_at, report FROM "{s}".sync_runs WHERE dag_id = %s ORDER BY finished_at DESC LIMIT 1',
-                (dag_id,),
+                f'SELECT finished_at, report FROM "{s}".sync_runs WHERE dag_id = %s AND run_id = coalesce(%s, run_id) '
+                "ORDER BY finished_at DESC LIMIT 1",
+                (dag_id, run_id),
             ).fetchone()
             for s in schemas
         ]
@@ -254,9 +264,9 @@ def main() -> int:
             "gazelle": gazelle_url,
             "ds": ds_url,
             "grist": grist_url,
+            "infrazen": infrazen_url,
         }
         env = demo_env(db_url, urls, args.rate, gazelle_grant)
-        env.update(infrazen_env(db_url, infrazen_url))
         infrazen_data = InfraZenData(args.infrazen_users)
         added_users, added_providers = seed_infrazen(
             db_url.replace("postgres://", "postgresql://"),
