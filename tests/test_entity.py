@@ -779,11 +779,17 @@ def test_from_dict_equals_the_dataclasses():
         ({"references": {"client": "clients"}}, "no column 'client'"),
         ({"deletion": "purge"}, "not one of none, mark, remove"),
         ({"deleted_status": ("id", "x")}, 'needs deletion="mark"'),
+        ({"owned": False, "deletion": "remove"}, "a table not ours has no deletion policy"),
     ],
 )
 def test_bad_declarations_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Entity("e", **{"key": "id", "columns": [Column("id")], **kwargs})
+
+
+def test_a_table_not_ours_is_written_by_the_sync_not_by_a_generated_upsert():
+    with pytest.raises(ValueError, match="not our table; the sync writes it"):
+        upsert_sql(PORTAILDF_LOOKUPS)
 
 
 def test_unknown_type_is_refused():
