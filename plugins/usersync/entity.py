@@ -113,7 +113,7 @@ class Entity:
     # False: the table is someone else's (an application's): only its _delta (of the declared columns) and _raw
     # are made here, and the sync writes the table with its own upsert_<name>.sql.
     owned: bool = True
-    join: str | None = None  # trusted SQL joined to the records in the stage, for computed columns to read
+    join: str | None = None  # trusted SQL joined to the records in the stage (one row each), for computed columns
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731  (frozen)
