@@ -27,6 +27,7 @@ from airflow.sdk import CronTriggerTimetable, ObjectStoragePath, Param, dag, tas
 from usersync import dag_parts, load, pipeline, portaildf, report, staging
 from usersync.api import AuthError
 from usersync.db import TargetDb
+from usersync.entities import PORTAILDF_LOOKUPS
 
 API_CONN, DB_CONN, SCHEMA = "portaildf_api", "portaildf_db", "portaildf"
 db = TargetDb(DB_CONN, SCHEMA, sync="portaildf")
@@ -101,11 +102,11 @@ def portaildf_user_kind():
 
     @task(trigger_rule="none_failed")  # also when there was no user to check
     def stage_answers(looked_up: list[dict], dag_run=None) -> dict:
-        return load.stage(db, "users", [chunk["prefix"] for chunk in looked_up], dag_run.run_id)
+        return load.stage(db, PORTAILDF_LOOKUPS, [chunk["prefix"] for chunk in looked_up], dag_run.run_id)
 
     @task(outlets=[dag_parts.table_asset(db, "users")])
     def update_kinds(staged: dict, params=None, dag_run=None) -> dict:
-        return load.upsert(db, "users", run_id=dag_run.run_id, dry_run=params["dry_run"])
+        return load.upsert(db, PORTAILDF_LOOKUPS, run_id=dag_run.run_id, dry_run=params["dry_run"])
 
     @task(trigger_rule="none_failed")
     def report_run(looked_up: list[dict], staged: dict, written: dict, params=None, dag_run=None) -> dict:
@@ -122,9 +123,9 @@ def portaildf_user_kind():
             chunks=len(chunks),
             updated=written["updated"],
             unchanged=written["unchanged"],
-            not_found=staged["not_found"],
-            failed=staged["failed"],
-            ambiguous=staged["ambiguous"],
+            not_found=written["not_found"],
+            failed=written["failed"],
+            ambiguous=written["ambiguous"],
             quarantined=staged["quarantined"],
             kinds=written["kinds"],
             transitions=written["transitions"],
@@ -132,15 +133,15 @@ def portaildf_user_kind():
             requests_per_s=round(calls / seconds, 1) if seconds else 0.0,
             throttled=sum(c["throttled"] for c in chunks),
             retries=sum(c["retries"] for c in chunks),
-            not_found_ids=staged["not_found_ids"],
-            failures=staged["failures"],
+            not_found_ids=written["not_found_ids"],
+            failures=written["failures"],
         )
         staging.clean_up(dag_run.dag_id, dag_run.run_id)
         return report.publish(db, run)
 
     chunks = select_users()
-    # The application owns `users`: this sync checks it and makes only its own users_delta.
-    pipeline.preflight(db, api_available, statements=["check_users_table", "create_users_delta"]) >> chunks
+    # The application owns `users`: this sync checks it and makes only its own users_delta (and users_raw).
+    pipeline.preflight(db, api_available, entities=[PORTAILDF_LOOKUPS], statements=["check_users_table"]) >> chunks
     looked_up = look_up_chunk.expand(chunk=chunks)
     staged = stage_answers(looked_up)
     written = update_kinds(staged)

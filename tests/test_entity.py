@@ -217,17 +217,13 @@ def test_intra42_declaration_stages_like_stage_users_sql(pg):
     assert generated.rows(quarantine) == hand.rows(quarantine)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="portaildf's stage_users.sql now takes the email from the application's "
-    "users (answers carry none): the declaration no longer fits, so Portail DF keeps its stage file",
-)
-def test_portaildf_lookups_stage_like_stage_users_sql(pg):
+def test_portaildf_lookups_stage_like_the_hand_written_sql(pg):
+    """Answers carry no email: the stage reads it from the application's users (trimmed; '' when missing)."""
+
     def answer(n: int, outcome: str = "found", **record) -> dict:
         found = {"id_user": n, "exterieur": n % 2 == 0, "gestionnaire": n % 3 == 0, **record}
         return {
             "user_id": str(n),
-            "email": f"u{n}@example.fr",
             "outcome": outcome,
             **({"record": found} if outcome == "found" else {}),
             **({"reason": "HTTP 500"} if outcome == "failed" else {}),
@@ -237,22 +233,34 @@ def test_portaildf_lookups_stage_like_stage_users_sql(pg):
         answer(20, "not_found"),
         answer(21, "failed"),
         answer(22, "maybe"),
-        {"email": "x@example.fr"},
+        {"outcome": "found"},
         answer(23, exterieur="yes"),
         answer(24, gestionnaire=None),
         answer(25, id_user="7"),
         answer(26, id_user=None),
-        {**answer(27), "email": None},
+        answer(27),  # a user the application no longer has
+        {**answer(28, "failed"), "ambiguous": 2},
+        {**answer(29), "ambiguous": 3},
         answer(1, exterieur=True, gestionnaire=True),
         [1],
     ]
     hand, generated = make_schema(pg.url, "entity_hand"), make_schema(pg.url, "entity_generated")
+    hand.run((HAND_SQL / "portaildf" / "create_users_delta.sql").read_text())
+    hand.run("CREATE UNLOGGED TABLE users_raw (seq bigint GENERATED ALWAYS AS IDENTITY, record jsonb NOT NULL)")
+    generated.create(PORTAILDF_LOOKUPS)
+    assert generated.run("SELECT to_regclass('users') AS users") == {"users": None}  # the application's
+    columns = "SELECT column_name, data_type, is_nullable FROM information_schema.columns WHERE table_schema = %s "
+    columns += "AND table_name = 'users_delta' ORDER BY ordinal_position"
+    assert generated.rows(columns, (generated.schema,)) == hand.rows(columns, (hand.schema,))
     for db in (hand, generated):
-        db.run((SQL_DIR / "portaildf" / "create_users_delta.sql").read_text())
-        db.run("CREATE UNLOGGED TABLE users_raw (seq bigint GENERATED ALWAYS AS IDENTITY, record jsonb NOT NULL)")
+        db.run("CREATE TABLE users (id integer PRIMARY KEY, email text, kind text)")
+        db.run(
+            "INSERT INTO users SELECT n, CASE WHEN n <> 12 THEN ' u' || n || '@example.fr ' END "
+            "FROM generate_series(1, 29) AS n WHERE n <> 27"
+        )
     hand.land(PORTAILDF_LOOKUPS, records)
     hand_counts = hand.run(
-        (SQL_DIR / "portaildf" / "stage_users.sql").read_text(), params={"run_id": RUN, "entity": "users"}
+        (HAND_SQL / "portaildf" / "stage_users.sql").read_text(), params={"run_id": RUN, "entity": "users"}
     )
 
     counts = generated.stage(PORTAILDF_LOOKUPS, records)
@@ -260,12 +268,22 @@ def test_portaildf_lookups_stage_like_stage_users_sql(pg):
     assert (
         counts
         == {k: hand_counts[k] for k in counts}
-        == {"received": 23, "staged": 15, "quarantined": 7, "duplicates": 1}
+        == {"received": 25, "staged": 18, "quarantined": 6, "duplicates": 1}
     )
     table = "SELECT * FROM users_delta ORDER BY user_id"
     assert generated.rows(table) == hand.rows(table)
+    assert generated.rows("SELECT email FROM users_delta WHERE user_id IN ('2', '12', '27') ORDER BY user_id") == [
+        ("",),
+        ("u2@example.fr",),
+        ("",),
+    ]
     quarantine = "SELECT reason, record FROM quarantine ORDER BY record::text"
     assert generated.rows(quarantine) == hand.rows(quarantine)
+    # The figures the hand-written stage returned besides its counts: portaildf's summary gives them now.
+    summary = generated.run((SQL_DIR / "portaildf" / "summary_users.sql").read_text())
+    figures = ("not_found", "failed", "ambiguous", "not_found_ids", "failures")
+    assert {k: summary[k] for k in figures} == {k: hand_counts[k] for k in figures}
+    assert (summary["ambiguous"], summary["failures"][0]["user_id"]) == (2, "21")
 
 
 # --- stage --------------------------------------------------------------------------------------------------
@@ -761,11 +779,17 @@ def test_from_dict_equals_the_dataclasses():
         ({"references": {"client": "clients"}}, "no column 'client'"),
         ({"deletion": "purge"}, "not one of none, mark, remove"),
         ({"deleted_status": ("id", "x")}, 'needs deletion="mark"'),
+        ({"owned": False, "deletion": "remove"}, "a table not ours has no deletion policy"),
     ],
 )
 def test_bad_declarations_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Entity("e", **{"key": "id", "columns": [Column("id")], **kwargs})
+
+
+def test_a_table_not_ours_is_written_by_the_sync_not_by_a_generated_upsert():
+    with pytest.raises(ValueError, match="not our table; the sync writes it"):
+        upsert_sql(PORTAILDF_LOOKUPS)
 
 
 def test_unknown_type_is_refused():

@@ -337,13 +337,9 @@ def test_overlapping_runs_whose_stages_and_writes_interleave_end_exact(portaildf
     monkeypatch.setattr(staging, "clean_up", lambda dag_id, run_id: None)  # run A's files stay: it is not over
     write, held = load.upsert, []
     portaildf.control("mutate", {"k": 20})
-    monkeypatch.setattr(
-        load,
-        "upsert",
-        lambda db, entity, *, run_id, **kwargs: (
-            held.append(run_id) or {"updated": 0, "unchanged": 0, "transitions": {}, "kinds": {}}
-        ),
-    )
+    nothing = {"updated": 0, "unchanged": 0, "transitions": {}, "kinds": {}, "not_found": 0, "failed": 0}
+    nothing |= {"ambiguous": 0, "not_found_ids": [], "failures": []}
+    monkeypatch.setattr(load, "upsert", lambda db, entity, *, run_id, **kwargs: held.append(run_id) or nothing)
     sync()  # run A: looks up and stages, its write held back
     portaildf.control("mutate", {"k": 20})
     written_by_a = []

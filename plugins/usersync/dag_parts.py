@@ -11,6 +11,7 @@ from airflow.providers.common.sql.operators.sql import SQLExecuteQueryOperator
 from airflow.providers.http.sensors.http import HttpSensor
 from airflow.sdk import Asset, task
 from airflow.sdk.exceptions import AirflowFailException
+from psycopg import sql
 
 from usersync.api import RETRYABLE_STATUS, SENSOR_HEADERS
 from usersync.db import TargetDb, session_settings
@@ -24,9 +25,8 @@ DEFAULT_ARGS = {
     "retry_exponential_backoff": True,
     "max_retry_delay": timedelta(minutes=30),
 }
-# The schema, run bookkeeping (sync_runs, quarantine, staged_deltas) and the functions stage statements use.
-COMMON_TABLES = (
-    "common/create_schema.sql",
+# A sync's books: its runs and quarantine (usersync.sink.Bookkeeping), in its own schema unless told otherwise.
+BOOKS_TABLES = (
     "common/create_sync_runs.sql",
     "common/create_sync_runs_columns.sql",
     "common/create_sync_runs_index.sql",
@@ -34,6 +34,11 @@ COMMON_TABLES = (
     "common/create_sync_runs_run_idx.sql",
     "common/create_quarantine.sql",
     "common/create_quarantine_index.sql",
+)
+# The schema, the books, staged_deltas and the functions stage statements use.
+COMMON_TABLES = (
+    "common/create_schema.sql",
+    *BOOKS_TABLES,
     "common/create_staged_deltas.sql",
     "common/create_json_refusal.sql",
     "common/create_timestamp_problem.sql",
@@ -98,21 +103,36 @@ def api_sensor(
 
 
 def table_statements(
-    schema: str, sync: str, statements: Sequence[str] = (), entities: Sequence[Entity] = ()
+    schema: str,
+    sync: str,
+    statements: Sequence[str] = (),
+    entities: Sequence[Entity] = (),
+    books: str | None = None,
 ) -> list[str]:
     """What create_tables runs: the common tables, the declared entities' tables (usersync.entity.create_sql),
-    then the sync's own statements (include/sql/<sync>/<name>.sql, as names Airflow's template search finds)."""
+    then the sync's own statements (include/sql/<sync>/<name>.sql, as names Airflow's template search finds).
+    `books`: another schema of the database for the books (usersync.db.TargetDb.books), made there first."""
     declared = [statement.as_string(None) for entity in entities for statement in create_sql(entity)]
-    return [session_settings(schema), *COMMON_TABLES, *declared, *(f"{sync}/{name}.sql" for name in statements)]
+    common, apart = COMMON_TABLES, []
+    if books not in (None, schema):
+        books_schema = sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(books)).as_string(None)
+        apart = [session_settings(books), books_schema, *BOOKS_TABLES]
+        common = tuple(name for name in COMMON_TABLES if name not in BOOKS_TABLES)
+    return [*apart, session_settings(schema), *common, *declared, *(f"{sync}/{name}.sql" for name in statements)]
 
 
 def create_tables(
-    conn_id: str, schema: str, sync: str, statements: Sequence[str] = (), entities: Sequence[Entity] = ()
+    conn_id: str,
+    schema: str,
+    sync: str,
+    statements: Sequence[str] = (),
+    entities: Sequence[Entity] = (),
+    books: str | None = None,
 ) -> SQLExecuteQueryOperator:
     """A task making the tables of table_statements(), in order; all idempotent."""
     # One transaction (the operator commits once at the end), opened with the sync's settings.
     return SQLExecuteQueryOperator(
-        task_id="create_tables", conn_id=conn_id, sql=table_statements(schema, sync, statements, entities)
+        task_id="create_tables", conn_id=conn_id, sql=table_statements(schema, sync, statements, entities, books)
     )
 
 

@@ -33,8 +33,11 @@ def session_settings(schema: str) -> str:
 
 
 class TargetDb:
-    def __init__(self, conn_id: str, schema: str, sync: str):
-        self.conn_id, self.schema, self.sync = conn_id, schema, sync
+    """`books`: the schema of this database holding the sync's runs and quarantine (usersync.sink.Bookkeeping),
+    when not `schema` itself. In this database: the stage writes its quarantine in its own statement."""
+
+    def __init__(self, conn_id: str, schema: str, sync: str, books: str | None = None):
+        self.conn_id, self.schema, self.sync, self.books = conn_id, schema, sync, books or schema
 
     def _sql_path(self, name: str) -> Path | None:
         """include/sql/<sync>/<name>.sql, else include/sql/common/<name>.sql."""

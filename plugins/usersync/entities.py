@@ -4,10 +4,12 @@ INTRA42_USERS is intra42_users' table, staging and write (tests/reference_sql/in
 SQL it replaced, which tests compare it with: same columns, types, checks and reasons; a stored student is
 never replaced by an older updated_at; a full refresh marks the students the API no longer returns).
 
-PORTAILDF_LOOKUPS is the shape of Portail DF's users_delta: its stage fits, its tables do not (users_delta is
-not LIKE users, and the sync updates the application's own `users`: keep portaildf's create/upsert SQL).
-It differs from stage_users.sql in two corners: a found answer whose `record` is not an object is refused
-for "exterieur: missing or not a boolean" (not "record: ..."), and id_user is checked whatever the outcome.
+PORTAILDF_LOOKUPS is Portail DF's lookups, staged into users_delta; `users` is the application's (not ours:
+only users_delta and users_raw are made, and portaildf/upsert_users.sql writes users.kind). Answers carry no
+email: the stage reads it from the application's users. It stages as the hand-written SQL it replaced
+(tests/reference_sql/portaildf) but in two corners lookup_user never produces: a found answer whose `record`
+is not an object is refused for "exterieur: missing or not a boolean" (not "record: ..."), and id_user is
+checked whatever the outcome (the hand-written SQL failed on a bad one outside a found answer).
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ PORTAILDF_LOOKUPS = Entity(
     "users",
     key="user_id",
     columns=(
-        Column("user_id", required=True),
-        Column("email", required=True),
+        Column("user_id", required=True),  # users.id as text: the application chooses its id type
+        Column("email", required=True, expression="coalesce(btrim(app_user.email), '')"),
         Column(
             "outcome",
             required=True,
@@ -77,6 +79,8 @@ PORTAILDF_LOOKUPS = Entity(
             WHEN record->'record'->'gestionnaire' = 'true' THEN 'gestionnaire'
             ELSE 'aucun' END""",
         ),
-        Column("reason"),
+        Column("reason"),  # why the lookup failed
     ),
+    owned=False,
+    join="LEFT JOIN users AS app_user ON app_user.id::text = record->>'user_id'",  # a hash join, not a lookup per row
 )

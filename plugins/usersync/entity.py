@@ -110,6 +110,10 @@ class Entity:
     deletion: str = "none"  # rows the source no longer returns: none | mark (deleted_at) | remove
     deleted_status: tuple[str, Any] | None = None  # with "mark": set this column to this value, not deleted_at
     indexes: Sequence[str | Sequence[str]] = ()  # besides references, cursor and parent key
+    # False: the table is someone else's (an application's): only its _delta (of the declared columns) and _raw
+    # are made here, and the sync writes the table with its own upsert_<name>.sql.
+    owned: bool = True
+    join: str | None = None  # trusted SQL joined to the records in the stage (one row each), for computed columns
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731  (frozen)
@@ -160,6 +164,8 @@ class Entity:
             problems.append(f"deletion {self.deletion!r} is not one of {', '.join(DELETIONS)}")
         if self.deleted_status and self.deletion != "mark":
             problems.append('deleted_status needs deletion="mark"')
+        if not self.owned and (self.deletion != "none" or self.children):
+            problems.append("a table not ours has no deletion policy or children")
         if any(c.children for c in self.children):
             problems.append("children cannot have children")
         if problems:
@@ -207,7 +213,8 @@ def _target(reference: str) -> tuple[str, str]:
 
 
 def create_sql(entity: Entity) -> list[sql.Composed]:
-    """CREATE the table, its _delta and _raw, and its indexes (children's too); idempotent."""
+    """CREATE the table, its _delta and _raw, and its indexes (children's too); idempotent. A table not ours
+    (`owned=False`): its _delta and _raw only."""
     statements = []
     for e in (entity, *entity.children):
         table = sql.Identifier(e.name)
@@ -217,19 +224,22 @@ def create_sql(entity: Entity) -> list[sql.Composed]:
             )
             for c in e.columns
         ]
+        key = sql.SQL("PRIMARY KEY ({})").format(_names(e.key))
+        delta = sql.Identifier(f"{e.name}_delta")
+        raw = sql.SQL(
+            "CREATE UNLOGGED TABLE IF NOT EXISTS {} (seq bigint GENERATED ALWAYS AS IDENTITY, record jsonb NOT NULL)"
+        ).format(sql.Identifier(f"{e.name}_raw"))
+        if not e.owned:  # someone else's table: only its delta, of the declared columns, and _raw
+            delta_columns = sql.SQL(", ").join([*columns, key])
+            statements += [sql.SQL("CREATE UNLOGGED TABLE IF NOT EXISTS {} ({})").format(delta, delta_columns), raw]
+            continue
         columns.append(sql.SQL("ingested_at timestamptz NOT NULL DEFAULT now()"))
         if e.has_deleted_at:
             columns.append(sql.SQL("deleted_at timestamptz"))
-        columns.append(sql.SQL("PRIMARY KEY ({})").format(_names(e.key)))
         statements += [
-            sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(table, sql.SQL(", ").join(columns)),
-            sql.SQL("CREATE UNLOGGED TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS)").format(
-                sql.Identifier(f"{e.name}_delta"), table
-            ),
-            sql.SQL(
-                "CREATE UNLOGGED TABLE IF NOT EXISTS {} (seq bigint GENERATED ALWAYS AS IDENTITY, "
-                "record jsonb NOT NULL)"
-            ).format(sql.Identifier(f"{e.name}_raw")),
+            sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(table, sql.SQL(", ").join([*columns, key])),
+            sql.SQL("CREATE UNLOGGED TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS)").format(delta, table),
+            raw,
         ]
         indexed = [*e.indexes, *((c,) for c in e.references), *((c,) for c in (e.cursor, e.parent_key) if c)]
         for columns in dict.fromkeys(indexed):  # once each, in declared order
@@ -257,7 +267,7 @@ def stage_sql(entity: Entity, run_id: str, quarantine: str | Sequence[str] = "qu
     parts = [
         sql.SQL(
             "WITH checked AS (SELECT _seq, _reason, {keep} AS _record, {typed} FROM ("
-            "SELECT seq AS _seq, record, {reason} AS _reason FROM {raw} OFFSET 0) AS validated), "  # reason once
+            "SELECT seq AS _seq, record, {reason} AS _reason FROM {raw} OFFSET 0) AS validated{join}), "  # reason once
             "quarantined AS (INSERT INTO {quarantine} (run_id, entity, reason, record) "
             "SELECT {run_id}, {entity}, _reason, _record FROM checked WHERE _reason IS NOT NULL RETURNING 1), "
         ).format(
@@ -265,6 +275,7 @@ def stage_sql(entity: Entity, run_id: str, quarantine: str | Sequence[str] = "qu
             typed=typed,
             reason=_reason(entity, sql.SQL("record")),
             raw=sql.Identifier(f"{entity.name}_raw"),
+            join=sql.SQL(f" {entity.join}" if entity.join else ""),
             run_id=sql.Literal(run_id),
             entity=sql.Literal(entity.name),
             quarantine=_table(quarantine),
@@ -450,6 +461,8 @@ def upsert_sql(entity: Entity) -> sql.Composed:
     """Insert new rows, update those whose values differ (IS DISTINCT FROM), touch nothing else; a row that
     re-appears loses its deleted_at; a row is never replaced by one with an older cursor.
     Returns inserted, updated, unchanged (and stale: older than the stored row, with a cursor)."""
+    if not entity.owned:
+        raise ValueError(f"entity {entity.name!r}: not our table; the sync writes it (upsert_{entity.name}.sql)")
     table, delta = sql.Identifier(entity.name), sql.Identifier(f"{entity.name}_delta")
     names = [c.name for c in entity.columns]
     values = [_kept(c) if c.keep_non_empty else sql.SQL("d.{}").format(sql.Identifier(c.name)) for c in entity.columns]

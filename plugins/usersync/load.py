@@ -24,6 +24,7 @@ from its own staging files in its own transaction before writing.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -63,7 +64,7 @@ NON_FINITE = (b"NaN", b"Infinity")
 SORT_SUSPECTS = """
 WITH judged AS MATERIALIZED (SELECT seq, line, json_refusal(line) AS reason FROM {suspect}),
 refused AS (
-    INSERT INTO quarantine (run_id, entity, reason, record)
+    INSERT INTO {quarantine} (run_id, entity, reason, record)
     SELECT %(run_id)s, %(entity)s, reason, to_jsonb(line) FROM judged WHERE reason IS NOT NULL
     RETURNING 1
 ),
@@ -160,7 +161,9 @@ def _stage(
     raw, suspect = sql.Identifier(f"{entity_name}_raw"), sql.Identifier(f"{entity_name}_suspect")
     deltas = [sql.Identifier(f"{name}_delta") for name in (entity_name, *children)]
     params = {"run_id": run_id, "entity": entity_name}
-    cur.execute("DELETE FROM quarantine WHERE run_id = %(run_id)s AND entity = %(entity)s", params)  # a retry
+    quarantine = sql.Identifier(*_quarantine(db))
+    retried = sql.SQL("DELETE FROM {} WHERE run_id = %(run_id)s AND entity = %(entity)s").format(quarantine)
+    cur.execute(retried, params)  # a retry's earlier quarantine
     cur.execute(sql.SQL(CREATE_RAW).format(raw))
     cur.execute(sql.SQL(CREATE_SUSPECT).format(suspect))
     cur.execute(sql.SQL("TRUNCATE {} RESTART IDENTITY").format(sql.SQL(", ").join([raw, suspect, *deltas])))
@@ -172,16 +175,24 @@ def _stage(
     if suspects:
         with cur.copy(sql.SQL(COPY_SUSPECT).format(suspect)) as copy:
             copy.write(b"".join(suspects))
-        refused = _sort_suspects(cur, raw, suspect, params)
-    counts = _step(db, cur, "stage", entity, {**stage_params, **params}, lambda: stage_sql(entity, run_id))
+        refused = _sort_suspects(cur, raw, suspect, quarantine, params)
+    generate = lambda: stage_sql(entity, run_id, quarantine=_quarantine(db))  # noqa: E731
+    counts = _step(db, cur, "stage", entity, {**stage_params, **params}, generate)
     for key in ("received", "quarantined"):  # the refused lines never reached the stage statement
         if key in counts:
             counts[key] += refused
     return counts
 
 
-def _sort_suspects(cur: Any, raw: sql.Identifier, suspect: sql.Identifier, params: dict[str, Any]) -> int:
-    cur.execute(sql.SQL(SORT_SUSPECTS).format(raw=raw, suspect=suspect), params)
+def _quarantine(db: TargetDb) -> tuple[str, str]:
+    """The sync's quarantine table: in its books' schema (usersync.db.TargetDb.books)."""
+    return db.books, "quarantine"
+
+
+def _sort_suspects(
+    cur: Any, raw: sql.Identifier, suspect: sql.Identifier, quarantine: sql.Identifier, params: dict[str, Any]
+) -> int:
+    cur.execute(sql.SQL(SORT_SUSPECTS).format(raw=raw, suspect=suspect, quarantine=quarantine), params)
     return cur.fetchone()[0]
 
 
@@ -280,6 +291,7 @@ def upsert(
     """
     name, children = _names(entity, children)
     child_entities = {c.name: c for c in getattr(entity, "children", ())}
+    delete = functools.partial(delete_sql, quarantine=_quarantine(db))  # never a record this run quarantined
     with db.transaction() as cur:
         cur.execute(LOCK, (name,))
         restaged = _own_delta(db, cur, entity, run_id)
@@ -290,7 +302,7 @@ def upsert(
             # The parents' records list all their children: the others go, by the child's deletion policy.
             if declared is not None and declared.deletion != "none":
                 written.update(
-                    _step(db, cur, "prune", declared, None, lambda c=declared: delete_sql(c, run_id, parent=entity))
+                    _step(db, cur, "prune", declared, None, lambda c=declared: delete(c, run_id, parent=entity))
                 )
             elif declared is None and db.has_sql(f"prune_{child}"):
                 written.update(db.run(cur, f"prune_{child}"))
@@ -304,7 +316,7 @@ def upsert(
                 "mark_deleted",
                 entity,
                 params,
-                lambda: delete_sql(entity, run_id, fetch_started=fetch_started, window=(scope or {}).get("window")),
+                lambda: delete(entity, run_id, fetch_started=fetch_started, window=(scope or {}).get("window")),
             )
             gone_count = gone.get("marked", 0) + gone.get("removed", 0)
             share = gone_count / max(gone["active_before"], 1)

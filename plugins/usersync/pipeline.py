@@ -65,19 +65,19 @@ def dag_args(
 def preflight(db: TargetDb, sensor: Any, *, entities: Sequence[Entity] = (), statements: Sequence[str] = ()) -> list:
     """check_params >> [the API sensor, create_tables (the common tables, the entities', then the sync's own
     include/sql/<sync>/<statement>.sql)]; returns the two, for `preflight(...) >> first_task`."""
-    create_tables = dag_parts.create_tables(db.conn_id, db.schema, db.sync, statements, entities)
+    create_tables = dag_parts.create_tables(db.conn_id, db.schema, db.sync, statements, entities, db.books)
     dag_parts.check_params() >> [sensor, create_tables]
     return [sensor, create_tables]
 
 
 def choose_what_to_fetch(books: Bookkeeping | TargetDb):
     """A task choosing the run's window (usersync.window) from the DAG's last watermark in its sync_runs
-    (`books`: usersync.sink.Bookkeeping, or the target's db when they live together) and the Params
+    (`books`: a usersync.sink.Bookkeeping, or the sync's db, for its `books` schema) and the Params
     full_refresh, interval_only, overlap_minutes, reconcile_every_hours (those the DAG declares)."""
 
     @task(task_id="choose_what_to_fetch")
     def choose(params=None, dag_run=None, data_interval_start=None, data_interval_end=None) -> dict:
-        last = Bookkeeping(books.conn_id, books.schema).last_watermark(dag_run.dag_id)
+        last = Bookkeeping.of(books).last_watermark(dag_run.dag_id)
         overlap = params.get("overlap_minutes", OVERLAP.total_seconds() / 60)
         reconcile = params.get("reconcile_every_hours", RECONCILE_EVERY.total_seconds() / 3600)
         return choose_window(

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from usersync.db import TargetDb
+from usersync.sink import Bookkeeping
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def _shown(value: Any) -> str:
 
 
 def record_run(db: TargetDb, report: dict[str, Any]) -> None:
-    db.query(
+    Bookkeeping.of(db).query(
         "record_run",
         {
             "dag_id": report["dag_id"],
@@ -154,7 +155,7 @@ class RunFailed:
             "at": datetime.now(UTC).isoformat(),
         }
         try:
-            self.db.query(
+            Bookkeeping.of(self.db).query(
                 "record_failure",
                 {
                     "dag_id": dag_run.dag_id,

@@ -59,8 +59,8 @@ class Bookkeeping(TargetDb):
 
     @classmethod
     def of(cls, db: TargetDb) -> Bookkeeping:
-        """The target's own database and schema."""
-        return cls(db.conn_id, db.schema)
+        """The books of a sync staging in `db`: its `books` schema (by default, its own schema)."""
+        return cls(db.conn_id, db.books)
 
     def last_watermark(self, dag_id: str) -> dict[str, Any]:
         """The watermark of the DAG's last run that stored one, and when its last full read started."""
