@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -509,8 +510,10 @@ def test_remove_within_a_window(db):
     db.load(entity, [{"id": f"e{day}", "start": f"2026-10-{day:02d}T09:00:00Z"} for day in range(1, 11)])
     db.load(entity, [{"id": "e5", "start": "2026-10-05T09:00:00Z"}])
 
-    window = ("start", datetime(2026, 10, 4, tzinfo=UTC), datetime(2026, 10, 7, tzinfo=UTC))
-    figures = db.run(delete_sql(entity, RUN, window=window))
+    window = q.SQL("start >= {} AND start < {}").format(
+        q.Literal(datetime(2026, 10, 4, tzinfo=UTC)), q.Literal(datetime(2026, 10, 7, tzinfo=UTC))
+    )
+    figures = db.run(delete_sql(dataclasses.replace(entity, window=window), RUN))
 
     assert figures == {"marked": 0, "removed": 2, "active_before": 3}
     assert [i for (i,) in db.rows("SELECT id FROM events ORDER BY start")] == [
