@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -98,21 +98,34 @@ def api_sensor(
 
 
 def table_statements(
-    schema: str, sync: str, statements: Sequence[str] = (), entities: Sequence[Entity] = ()
+    schema: str,
+    sync: str,
+    statements: Sequence[str] = (),
+    entities: Iterable[Entity] = (),
+    migrations: Sequence[str] = (),
 ) -> list[str]:
-    """What create_tables runs: the common tables, the declared entities' tables (usersync.entity.create_sql),
-    then the sync's own statements (include/sql/<sync>/<name>.sql, as names Airflow's template search finds)."""
+    """What create_tables runs: the common tables, the sync's migrations (of tables an earlier version made,
+    which may not exist), the declared entities' tables (usersync.entity.create_sql), then the sync's own
+    statements (both include/sql/<sync>/<name>.sql, as names Airflow's template search finds)."""
     declared = [statement.as_string(None) for entity in entities for statement in create_sql(entity)]
-    return [session_settings(schema), *COMMON_TABLES, *declared, *(f"{sync}/{name}.sql" for name in statements)]
+    files = lambda names: [f"{sync}/{name}.sql" for name in names]  # noqa: E731
+    return [session_settings(schema), *COMMON_TABLES, *files(migrations), *declared, *files(statements)]
 
 
 def create_tables(
-    conn_id: str, schema: str, sync: str, statements: Sequence[str] = (), entities: Sequence[Entity] = ()
+    conn_id: str,
+    schema: str,
+    sync: str,
+    statements: Sequence[str] = (),
+    entities: Iterable[Entity] = (),
+    migrations: Sequence[str] = (),
 ) -> SQLExecuteQueryOperator:
     """A task making the tables of table_statements(), in order; all idempotent."""
     # One transaction (the operator commits once at the end), opened with the sync's settings.
     return SQLExecuteQueryOperator(
-        task_id="create_tables", conn_id=conn_id, sql=table_statements(schema, sync, statements, entities)
+        task_id="create_tables",
+        conn_id=conn_id,
+        sql=table_statements(schema, sync, statements, entities, migrations),
     )
 
 
