@@ -112,20 +112,11 @@ def table_statements(
     return [session_settings(schema), *COMMON_TABLES, *files(migrations), *declared, *files(statements)]
 
 
-def create_tables(
-    conn_id: str,
-    schema: str,
-    sync: str,
-    statements: Sequence[str] = (),
-    entities: Iterable[Entity] = (),
-    migrations: Sequence[str] = (),
-) -> SQLExecuteQueryOperator:
-    """A task making the tables of table_statements(), in order; all idempotent."""
+def create_tables(conn_id: str, schema: str, sync: str, *args: Any, **kwargs: Any) -> SQLExecuteQueryOperator:
+    """A task making the tables of table_statements(schema, sync, ...), in order; all idempotent."""
     # One transaction (the operator commits once at the end), opened with the sync's settings.
     return SQLExecuteQueryOperator(
-        task_id="create_tables",
-        conn_id=conn_id,
-        sql=table_statements(schema, sync, statements, entities, migrations),
+        task_id="create_tables", conn_id=conn_id, sql=table_statements(schema, sync, *args, **kwargs)
     )
 
 

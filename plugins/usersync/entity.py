@@ -303,8 +303,10 @@ def stage_sql(entity: Entity, run_id: str, quarantine: str | Sequence[str] = "qu
     ]
     if entity.window is not None:
         counts.append(
-            sql.SQL("(SELECT count(*) FROM checked WHERE _reason IS NULL) - (SELECT count(*) FROM checked WHERE {}) "
-                    "AS outside_window").format(kept)
+            sql.SQL(
+                "(SELECT count(*) FROM checked WHERE _reason IS NULL) - (SELECT count(*) FROM checked WHERE {}) "
+                "AS outside_window"
+            ).format(kept)
         )
     for i, child in enumerate(entity.children):
         name = sql.Identifier(f"child{i}")

@@ -65,18 +65,11 @@ def dag_args(
     }
 
 
-def preflight(
-    db: TargetDb,
-    sensor: Any,
-    *,
-    entities: Iterable[Entity] = (),
-    statements: Sequence[str] = (),
-    migrations: Sequence[str] = (),
-) -> list:
-    """check_params >> [the API sensor, create_tables (the common tables, the sync's `migrations` of tables an
-    earlier version made, the entities', then the sync's own `statements`: include/sql/<sync>/<name>.sql)];
-    returns the two, for `preflight(...) >> first_task`."""
-    create_tables = dag_parts.create_tables(db.conn_id, db.schema, db.sync, statements, entities, migrations)
+def preflight(db: TargetDb, sensor: Any, **tables: Any) -> list:
+    """check_params >> [the API sensor, create_tables (the common tables, then `tables`: the sync's
+    `migrations` of tables an earlier version made, its `entities`' and its own `statements`, as
+    dag_parts.table_statements says)]; returns the two, for `preflight(...) >> first_task`."""
+    create_tables = dag_parts.create_tables(db.conn_id, db.schema, db.sync, **tables)
     dag_parts.check_params() >> [sensor, create_tables]
     return [sensor, create_tables]
 
