@@ -148,7 +148,7 @@ class Entity:
         raise KeyError(f"entity {self.name!r} has no column {name!r}")
 
     def _adopt(self, child: Entity) -> Entity:
-        """A child with its parent-key column (typed like the parent's key) added, after its own key."""
+        """A child with its parent-key column (typed like the parent's key) added."""
         if child.path is None or child.parent_key is None or len(self.key) != 1:
             raise ValueError(f"child {child.name!r}: needs a path and a parent_key, and {self.name!r} one key column")
         if child.parent_key in {c.name for c in child.columns}:
@@ -156,8 +156,7 @@ class Entity:
         parent_key = Column(
             child.parent_key, self.column(self.key[0]).type, required=True, expression=sql.Identifier("_parent_key")
         )
-        at = max(i for i, c in enumerate(child.columns) if c.name in child.key) + 1
-        return dataclasses.replace(child, columns=(*child.columns[:at], parent_key, *child.columns[at:]))
+        return dataclasses.replace(child, columns=(parent_key, *child.columns))
 
     def _validate(self) -> None:
         names = [c.name for c in self.columns]

@@ -2,7 +2,7 @@
 
 An entity is given as its declaration (usersync.entity.Entity): its statements are generated from it, except
 where the sync has its own file for a step (include/sql/<sync>/<step>_<entity>.sql), because it does something
-else there (Portail DF's kind mapping). Given by name only, every step is a file (as Gazelle's, until ported):
+else there (Portail DF's kind mapping). Given by name only, every step is a file:
   stage_<entity>.sql        <entity>_raw -> <entity>_delta: typed, last record per key wins, bad records
                             to quarantine with their reason; returns received/staged/quarantined/duplicates
   upsert_<entity>.sql       <entity>_delta -> <entity>: inserts new rows, updates rows whose values differ;
