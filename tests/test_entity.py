@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -527,8 +528,10 @@ def test_remove_within_a_window(db):
     db.load(entity, [{"id": f"e{day}", "start": f"2026-10-{day:02d}T09:00:00Z"} for day in range(1, 11)])
     db.load(entity, [{"id": "e5", "start": "2026-10-05T09:00:00Z"}])
 
-    window = ("start", datetime(2026, 10, 4, tzinfo=UTC), datetime(2026, 10, 7, tzinfo=UTC))
-    figures = db.run(delete_sql(entity, RUN, window=window))
+    window = q.SQL("start >= {} AND start < {}").format(
+        q.Literal(datetime(2026, 10, 4, tzinfo=UTC)), q.Literal(datetime(2026, 10, 7, tzinfo=UTC))
+    )
+    figures = db.run(delete_sql(dataclasses.replace(entity, window=window), RUN))
 
     assert figures == {"marked": 0, "removed": 2, "active_before": 3}
     assert [i for (i,) in db.rows("SELECT id FROM events ORDER BY start")] == [
@@ -601,6 +604,43 @@ def client(id_: str, *contacts: dict, **changes) -> dict:
     }
     record.update(changes)
     return record
+
+
+def test_labels_rules_and_a_window_as_a_run_declares_them(db):
+    visits = Entity(
+        "visits",
+        key="id",
+        deletion="remove",
+        columns=[
+            Column("id", required=True),
+            Column("on_day", "date", path="onDay", label="onDay", required=True, explain=True),
+            Column("at", "time", path="atTime", label="atTime"),
+        ],
+        rules=[("record->>'kind' IS DISTINCT FROM 'draft'", "kind: a draft")],
+    )
+    db.create(visits)
+    in_october = dataclasses.replace(visits, window="on_day BETWEEN '2026-10-01' AND '2026-10-31'")
+    records = [
+        {"id": "v1", "onDay": "2026-10-02", "atTime": "09:30"},
+        {"id": "v2", "onDay": "2026-10-32"},
+        {"id": "v3", "onDay": "2026-10-03", "atTime": "25:00"},
+        {"id": "v4", "onDay": "2026-10-04", "kind": "draft"},
+        {"id": "v5", "onDay": "2026-11-05"},  # outside the window: left out, not refused
+        {"id": "v6", "onDay": "2026-09-30"},
+    ]
+    counts = db.stage(in_october, records)
+
+    assert counts == {"received": 6, "staged": 1, "quarantined": 3, "duplicates": 0, "outside_window": 2}
+    assert db.reasons("visits") == {
+        "v2": "onDay: no such date",
+        "v3": "atTime: not an ISO 8601 time of day",
+        "v4": "kind: a draft",
+    }
+    db.run(upsert_sql(in_october))
+    db.run("INSERT INTO visits (id, on_day) VALUES ('gone', '2026-10-20'), ('kept', '2026-12-01')")
+    db.stage(in_october, records[:1], run_id="r2")
+    assert db.run(delete_sql(in_october, "r2")) == {"marked": 0, "removed": 1, "active_before": 2}
+    assert db.rows("SELECT id, at::text FROM visits ORDER BY id") == [("kept", None), ("v1", "09:30:00")]
 
 
 def test_children_are_staged_with_their_parent_and_pruned_by_it(db):

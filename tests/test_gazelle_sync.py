@@ -449,7 +449,7 @@ def test_overlapping_runs_whose_stages_and_writes_interleave_end_exact(gazelle, 
     write, held = load.upsert, {}
 
     def held_back(db, entity, *, run_id, **kwargs):
-        held[entity] = run_id
+        held[entity.name] = run_id
         return {"held_back": True}
 
     gazelle.control("mutate", {"k": 7})
@@ -461,7 +461,7 @@ def test_overlapping_runs_whose_stages_and_writes_interleave_end_exact(gazelle, 
     written_by_a = {}
 
     def after_run_a_writes(db, entity, *, run_id, **kwargs):
-        written_by_a[entity] = write(db, entity, run_id=held[entity], **kwargs)
+        written_by_a[entity.name] = write(db, entity, run_id=held[entity.name], **kwargs)
         return write(db, entity, run_id=run_id, **kwargs)
 
     monkeypatch.setattr(load, "upsert", after_run_a_writes)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -106,33 +106,29 @@ def table_statements(
     schema: str,
     sync: str,
     statements: Sequence[str] = (),
-    entities: Sequence[Entity] = (),
+    entities: Iterable[Entity] = (),
+    migrations: Sequence[str] = (),
     books: str | None = None,
 ) -> list[str]:
-    """What create_tables runs: the common tables, the declared entities' tables (usersync.entity.create_sql),
-    then the sync's own statements (include/sql/<sync>/<name>.sql, as names Airflow's template search finds).
+    """What create_tables runs: the common tables, the sync's migrations (of tables an earlier version made,
+    which may not exist), the declared entities' tables (usersync.entity.create_sql), then the sync's own
+    statements (both include/sql/<sync>/<name>.sql, as names Airflow's template search finds).
     `books`: another schema of the database for the books (usersync.db.TargetDb.books), made there first."""
     declared = [statement.as_string(None) for entity in entities for statement in create_sql(entity)]
+    files = lambda names: [f"{sync}/{name}.sql" for name in names]  # noqa: E731
     common, apart = COMMON_TABLES, []
     if books not in (None, schema):
         books_schema = sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(books)).as_string(None)
         apart = [session_settings(books), books_schema, *BOOKS_TABLES]
         common = tuple(name for name in COMMON_TABLES if name not in BOOKS_TABLES)
-    return [*apart, session_settings(schema), *common, *declared, *(f"{sync}/{name}.sql" for name in statements)]
+    return [*apart, session_settings(schema), *common, *files(migrations), *declared, *files(statements)]
 
 
-def create_tables(
-    conn_id: str,
-    schema: str,
-    sync: str,
-    statements: Sequence[str] = (),
-    entities: Sequence[Entity] = (),
-    books: str | None = None,
-) -> SQLExecuteQueryOperator:
-    """A task making the tables of table_statements(), in order; all idempotent."""
+def create_tables(conn_id: str, schema: str, sync: str, *args: Any, **kwargs: Any) -> SQLExecuteQueryOperator:
+    """A task making the tables of table_statements(schema, sync, ...), in order; all idempotent."""
     # One transaction (the operator commits once at the end), opened with the sync's settings.
     return SQLExecuteQueryOperator(
-        task_id="create_tables", conn_id=conn_id, sql=table_statements(schema, sync, statements, entities, books)
+        task_id="create_tables", conn_id=conn_id, sql=table_statements(schema, sync, *args, **kwargs)
     )
 
 

@@ -48,6 +48,7 @@ TYPES: dict[str, tuple[str | None, str, str | None]] = {
     "text": ("string", "a string", None),
     "date": ("string", "an ISO 8601 date", f"^{_DATE}$"),
     "timestamptz": ("string", "an ISO 8601 timestamp", f"^{_DATE}[T ]{_TIME}{_ZONE}$"),
+    "time": ("string", "an ISO 8601 time of day", f"^{_TIME}$"),
     "jsonb": (None, "a JSON value", None),
     "text[]": ("array", "a list of strings", None),
 }
@@ -71,9 +72,10 @@ class Column:
     # Trusted SQL over `record` (in a child: also `parent_record`) instead of a path: a computed column.
     expression: str | sql.Composable | None = None
     refusal: str | None = None  # the reason a record is refused for this column (default: from type/check)
-    # timestamptz only: the reason names what is wrong (no such date, no such time of day, UTC offset out of
-    # range), by the schema's timestamp_problem() function (include/sql/common, made by create_tables).
+    # timestamptz or date only: the reason names what is wrong (no such date, no such time of day, UTC offset
+    # out of range), by the schema's timestamp_problem() function (include/sql/common, made by create_tables).
     explain: bool = False
+    label: str | None = None  # how reasons name the column (default: its name), e.g. the field as the API spells it
 
     def __post_init__(self):
         if self.type not in TYPES:
@@ -82,8 +84,8 @@ class Column:
         object.__setattr__(self, "path", tuple(path.split(".")) if isinstance(path, str) else tuple(path))
         if self.check is not None and not isinstance(self.check, str):
             object.__setattr__(self, "check", tuple(self.check))
-        if self.explain and (self.type != "timestamptz" or self.check or self.expression is not None):
-            raise ValueError(f"column {self.name!r}: explain is for a plain timestamptz column")
+        if self.explain and (self.type not in ("timestamptz", "date") or self.check or self.expression is not None):
+            raise ValueError(f"column {self.name!r}: explain is for a plain timestamptz or date column")
 
     @property
     def reason(self) -> str:
@@ -91,7 +93,7 @@ class Column:
         if self.refusal:
             return self.refusal
         what = f"one of {', '.join(self.check)}" if isinstance(self.check, tuple) else TYPES[self.type][1]
-        return f"{self.name}: {'missing or ' if self.required else ''}not {what}"
+        return f"{self.label or self.name}: {'missing or ' if self.required else ''}not {what}"
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,12 @@ class Entity:
     # are made here, and the sync writes the table with its own upsert_<name>.sql.
     owned: bool = True
     join: str | None = None  # trusted SQL joined to the records in the stage (one row each), for computed columns
+    # (trusted SQL over `record` that must be true, reason): a rule of the whole record, after the columns'
+    rules: Sequence[tuple[str, str]] = ()
+    # Trusted SQL over the entity's columns: the run's window. Checked records outside it are not staged (counted
+    # as outside_window), and the deletion policy applies only to the rows inside it.
+    window: str | sql.Composable | None = None
+    label: str | None = None  # child only: how its parent's reasons name it (default: its name)
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731  (frozen)
@@ -121,6 +129,7 @@ class Entity:
         set_("columns", tuple(c if isinstance(c, Column) else Column(**c) for c in self.columns))
         set_("references", dict(self.references))
         set_("indexes", tuple((i,) if isinstance(i, str) else tuple(i) for i in self.indexes))
+        set_("rules", tuple(tuple(r) for r in self.rules))
         if isinstance(self.path, str):
             set_("path", tuple(self.path.split(".")))
         elif self.path is not None:
@@ -281,9 +290,12 @@ def stage_sql(entity: Entity, run_id: str, quarantine: str | Sequence[str] = "qu
             quarantine=_table(quarantine),
         )
     ]
+    kept = sql.SQL("_reason IS NULL")
+    if entity.window is not None:
+        kept = sql.SQL("_reason IS NULL AND coalesce(({}), false)").format(_sql(entity.window))
     latest = sql.SQL(
-        "SELECT DISTINCT ON ({key}) {cols}{rec} FROM checked WHERE _reason IS NULL ORDER BY {key}, _seq DESC"
-    ).format(key=key, cols=cols, rec=sql.SQL(", _seq, _record" if entity.children else ""))
+        "SELECT DISTINCT ON ({key}) {cols}{rec} FROM checked WHERE {kept} ORDER BY {key}, _seq DESC"
+    ).format(key=key, cols=cols, rec=sql.SQL(", _seq, _record" if entity.children else ""), kept=kept)
     if entity.children:
         parts.append(sql.SQL("latest AS ({}), ").format(latest))
         latest = sql.SQL("SELECT {} FROM latest").format(cols)
@@ -296,9 +308,16 @@ def stage_sql(entity: Entity, run_id: str, quarantine: str | Sequence[str] = "qu
         sql.SQL(
             "(SELECT count(*) FROM checked) AS received, (SELECT count(*) FROM staged) AS staged, "
             "(SELECT count(*) FROM quarantined) AS quarantined, (SELECT count(*) FROM checked "
-            "WHERE _reason IS NULL) - (SELECT count(*) FROM staged) AS duplicates"
-        )
+            "WHERE {}) - (SELECT count(*) FROM staged) AS duplicates"
+        ).format(kept)
     ]
+    if entity.window is not None:
+        counts.append(
+            sql.SQL(
+                "(SELECT count(*) FROM checked WHERE _reason IS NULL) - (SELECT count(*) FROM checked WHERE {}) "
+                "AS outside_window"
+            ).format(kept)
+        )
     for i, child in enumerate(entity.children):
         name = sql.Identifier(f"child{i}")
         parts.append(sql.SQL(", {} AS ({})").format(name, _stage_child(child, entity.key[0])))
@@ -334,26 +353,29 @@ def _reason(entity: Entity, record: sql.Composable) -> sql.Composed:
         whens += _explained(c, record) if c.explain else [(bad, c.reason) for bad in _breaks(c, record)]
     for column, reference in entity.references.items():
         table, key = _target(reference)
-        value = _typed(entity.column(column), record, guard=False)
+        c = entity.column(column)
+        value = _typed(c, record, guard=False)
         whens.append(
             (
                 sql.SQL("{v} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {t} WHERE {k} = {v})").format(
                     v=value, t=sql.Identifier(table), k=sql.Identifier(key)
                 ),
-                f"{column}: no such {table}",
+                f"{c.label or c.name}: no such {table}",
             )
         )
+    whens += [(sql.SQL("NOT coalesce(({}), false)").format(sql.SQL(rule)), why) for rule, why in entity.rules]
     nested = []
     for child in entity.children:
         array = sql.SQL("{}{}").format(record, _arrows(child.path, last=False))
+        label = child.label or child.name
         whens.append(
-            (sql.SQL("jsonb_typeof({}) IS DISTINCT FROM 'array'").format(array), f"{child.name}: missing or not a list")
+            (sql.SQL("jsonb_typeof({}) IS DISTINCT FROM 'array'").format(array), f"{label}: missing or not a list")
         )
         nested.append(
             sql.SQL(
                 "(SELECT {prefix} || r FROM (SELECT {reason} AS r FROM jsonb_array_elements({array}) AS c(record)) "
                 "AS x WHERE r IS NOT NULL LIMIT 1)"
-            ).format(prefix=sql.Literal(f"{child.name}: "), reason=_reason(child, sql.SQL("c.record")), array=array)
+            ).format(prefix=sql.Literal(f"{label}: "), reason=_reason(child, sql.SQL("c.record")), array=array)
         )
     cases = sql.SQL(" ").join(
         sql.SQL("WHEN {} THEN {}").format(bad, sql.Literal(why) if isinstance(why, str) else why) for bad, why in whens
@@ -363,15 +385,20 @@ def _reason(entity: Entity, record: sql.Composable) -> sql.Composed:
 
 
 def _explained(c: Column, record: sql.Composable) -> list[tuple[sql.Composable, str | sql.Composable]]:
-    """A timestamptz column's rules with a reason each: its JSON type, then what timestamp_problem() finds
-    (which also guarantees the cast)."""
-    json_type = _breaks(dataclasses.replace(c, explain=False, type="text"), record)  # string, required or not
-    problem = sql.SQL("timestamp_problem({}{})").format(record, _arrows(c.path, last=True))
+    """A timestamptz or date column's rules with a reason each: its JSON type (and a date's shape), then what
+    timestamp_problem() finds (which also guarantees the cast; a date is read as that day's midnight UTC)."""
+    text = sql.SQL("{}{}").format(record, _arrows(c.path, last=True))
+    breaks = _breaks(dataclasses.replace(c, explain=False, type="text"), record)  # string, required or not
+    problem = sql.SQL("timestamp_problem({})").format(text)
+    if c.type == "date":
+        breaks.append(sql.SQL("{} !~ '^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}$'").format(text))
+        problem = sql.SQL("timestamp_problem({} || 'T00:00:00Z')").format(text)
     if not c.required:  # an optional value left out has no problem
-        problem = sql.SQL("CASE WHEN {}{} IS NOT NULL THEN {} END").format(record, _arrows(c.path, last=True), problem)
+        problem = sql.SQL("CASE WHEN {} IS NOT NULL THEN {} END").format(text, problem)
+    label = sql.Literal(f"{c.label or c.name}: ")
     return [
-        *((bad, c.reason) for bad in json_type),
-        (sql.SQL("{} IS NOT NULL").format(problem), sql.SQL("{} || {}").format(sql.Literal(f"{c.name}: "), problem)),
+        *((bad, c.reason) for bad in breaks),
+        (sql.SQL("{} IS NOT NULL").format(problem), sql.SQL("{} || {}").format(label, problem)),
     ]
 
 
@@ -418,7 +445,7 @@ def _breaks(c: Column, record: sql.Composable) -> list[sql.Composable]:
 def _typed(c: Column, record: sql.Composable, guard: bool) -> sql.Composable:
     """The column's typed value; with `guard`, cast only for records that passed (_reason IS NULL)."""
     if c.expression is not None:
-        value = sql.SQL(c.expression) if isinstance(c.expression, str) else c.expression
+        value = _sql(c.expression)
         return sql.SQL("CASE WHEN _reason IS NULL THEN ({}) END").format(value) if guard else value
     value, text = (sql.SQL("{}{}").format(record, _arrows(c.path, last=last)) for last in (False, True))
     if c.type == "text":
@@ -438,6 +465,10 @@ def _arrows(path: Sequence[str], last: bool) -> sql.Composed:
     """->'a'->'b' (jsonb), or ->'a'->>'b' (text) when `last`."""
     ops = ["->"] * (len(path) - 1) + ["->>" if last else "->"]
     return sql.Composed([sql.SQL("{}{}").format(sql.SQL(op), sql.Literal(k)) for op, k in zip(ops, path, strict=True)])
+
+
+def _sql(text: str | sql.Composable) -> sql.Composable:
+    return sql.SQL(text) if isinstance(text, str) else text
 
 
 def _table(name: str | Sequence[str]) -> sql.Identifier:
@@ -538,12 +569,11 @@ def delete_sql(
     entity: Entity,
     run_id: str,
     fetch_started: datetime | float | None = None,
-    window: tuple[str, Any, Any] | None = None,
     parent: Entity | None = None,
     quarantine: str | Sequence[str] = "quarantine",
 ) -> sql.Composed:
     """Apply the deletion policy to the rows the delta lacks: mark them (deleted_at, or deleted_status) or
-    remove them. Only within `window` = (column, from, to) [from, to), only rows last written before
+    remove them. Only within the entity's window, only rows last written before
     `fetch_started` (a datetime or epoch seconds), never a record quarantined in this run; for a child, only
     the children of the parents in the parent's delta. Returns marked, removed, and active_before (the rows
     in scope before: the guard).
@@ -560,10 +590,8 @@ def delete_sql(
         )
     elif entity.has_deleted_at:
         scope = [sql.SQL("deleted_at IS NULL")]
-    if window:
-        scope.append(
-            sql.SQL("{0} >= {1} AND {0} < {2}").format(sql.Identifier(window[0]), *map(sql.Literal, window[1:]))
-        )
+    if entity.window is not None:
+        scope.append(sql.SQL("coalesce(({}), false)").format(_sql(entity.window)))
     if parent is not None:
         scope.append(
             sql.SQL("{} IN (SELECT {} FROM {})").format(

@@ -2,7 +2,7 @@
 
 An entity is given as its declaration (usersync.entity.Entity): its statements are generated from it, except
 where the sync has its own file for a step (include/sql/<sync>/<step>_<entity>.sql), because it does something
-else there (Portail DF's kind mapping). Given by name only, every step is a file (as Gazelle's, until ported):
+else there (Portail DF's kind mapping). Given by name only, every step is a file:
   stage_<entity>.sql        <entity>_raw -> <entity>_delta: typed, last record per key wins, bad records
                             to quarantine with their reason; returns received/staged/quarantined/duplicates
   upsert_<entity>.sql       <entity>_delta -> <entity>: inserts new rows, updates rows whose values differ;
@@ -283,7 +283,7 @@ def upsert(
     checked to be this run's own, complete (rebuilt from this run's staging files if not).
 
     `full_refresh`: the delta holds everything the source has (within `scope`, e.g. a date window, passed to
-    mark_deleted_<entity>.sql; a declaration's window is `scope["window"]` = (column, from, to)), so the rows
+    mark_deleted_<entity>.sql; a declaration's window is its own `window`), so the rows
     it lacks get the entity's deletion policy: marked deleted (`marked_deleted`) or removed (`removed`);
     `fetch_started` (epoch seconds): rows written since, by another run, are left alone.
     `moves_watermark`: report the watermark (only runs that read everything since the last one may);
@@ -301,9 +301,9 @@ def upsert(
             written = _upsert_one(db, cur, declared or child)
             # The parents' records list all their children: the others go, by the child's deletion policy.
             if declared is not None and declared.deletion != "none":
-                written.update(
-                    _step(db, cur, "prune", declared, None, lambda c=declared: delete(c, run_id, parent=entity))
-                )
+                gone = _step(db, cur, "prune", declared, None, lambda c=declared: delete(c, run_id, parent=entity))
+                counted = "removed" if declared.deletion == "remove" else "marked"
+                written[counted] = gone[counted]
             elif declared is None and db.has_sql(f"prune_{child}"):
                 written.update(db.run(cur, f"prune_{child}"))
             counts.update({f"{child}_{k}": v for k, v in written.items()})
@@ -316,7 +316,7 @@ def upsert(
                 "mark_deleted",
                 entity,
                 params,
-                lambda: delete(entity, run_id, fetch_started=fetch_started, window=(scope or {}).get("window")),
+                lambda: delete(entity, run_id, fetch_started=fetch_started),
             )
             gone_count = gone.get("marked", 0) + gone.get("removed", 0)
             share = gone_count / max(gone["active_before"], 1)

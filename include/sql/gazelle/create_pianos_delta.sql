@@ -1,2 +1,0 @@
--- This run's typed, de-duplicated pianos, ready to upsert. Unlogged: rebuilt every run.
-CREATE UNLOGGED TABLE IF NOT EXISTS pianos_delta (LIKE pianos INCLUDING DEFAULTS)

@@ -1,2 +1,0 @@
--- This run's typed, de-duplicated users, ready to upsert. Unlogged: rebuilt every run.
-CREATE UNLOGGED TABLE IF NOT EXISTS users_delta (LIKE users INCLUDING DEFAULTS)
