@@ -300,6 +300,7 @@ class DossierMeta:
     archived: bool = False
     deleted: int | None = None  # when it was deleted (then it is listed by deletedDossiers only)
     edits: dict[str, int] = field(default_factory=dict)  # descriptor stable id -> times its value changed
+    overrides: dict[str, dict] = field(default_factory=dict)  # descriptor id -> champ fields set by update_dossier
 
 
 @dataclass
@@ -703,8 +704,11 @@ class DSData:
             champ["level"] = desc["level"]
             return champ
         if kind == "explication" or empty:
-            return _empty(champ, kind)
-        champ.update(_value(kind, desc, r, meta, self))
+            champ = _empty(champ, kind)
+        else:
+            champ.update(_value(kind, desc, r, meta, self))
+        if row is None and desc["id"] in meta.overrides:
+            champ.update(meta.overrides[desc["id"]])
         return champ
 
     # -------------------------------------------------------------- changes (control endpoints)
@@ -748,6 +752,53 @@ class DSData:
             d.revision += 1
             self._changed()
             return _public(desc)
+
+    def update_dossier(
+        self, number: int, state: str | None = None, group: int | None = None, champs: dict | None = None
+    ) -> dict:
+        """Set a dossier's state, instructor group or raw champ fields ({descriptor id: {field: value}}, served
+        as they are); its update time becomes now. Returns its public fields."""
+        with self._lock:
+            meta = self.by_number.get(number)
+            if meta is None or meta.deleted is not None:
+                raise ValueError(f"no dossier {number}")
+            d = self.demarches[meta.demarche]
+            if state is not None and state not in STATES:
+                raise ValueError(f"state must be one of {STATES}")
+            if group is not None and group not in {g["number"] for g in d.groups}:
+                raise ValueError(f"démarche {d.number} has no group {group}")
+            known = {x["id"] for x in d.descriptors + d.annotations}
+            for descriptor_id, fields in (champs or {}).items():
+                if descriptor_id not in known or not isinstance(fields, dict):
+                    raise ValueError(f"champs: {descriptor_id!r} is no field of démarche {d.number}, or not {{...}}")
+            meta.state = state or meta.state
+            meta.group = group or meta.group
+            meta.overrides.update(champs or {})
+            meta.updated = self._now(meta)
+            self._changed()
+            return {"number": number, "state": meta.state, "group": meta.group, "updated": iso(meta.updated)}
+
+    def set_groupe(self, number: int, label: str | None = None, instructeurs: list[dict] | None = None) -> dict:
+        """Rename an instructor group and/or replace its instructors ([{"id"?, "email"}]; without an id, a new
+        instructor). Returns the group."""
+        with self._lock:
+            group = self.group(number)
+            if group is None:
+                raise ValueError(f"no group {number}")
+            if label is not None:
+                group["label"] = str(label)
+            if instructeurs is not None:
+                known = {i["id"] for d in self.demarches.values() for g in d.groups for i in g["instructeurs"]}
+                listed = []
+                for i in instructeurs:
+                    if not isinstance(i, dict) or not isinstance(i.get("email"), str):
+                        raise ValueError("instructeurs: [{id?, email}]")
+                    new_id = i.get("id") or gid("Instructeur", 1_000_000 + len(known))
+                    known.add(new_id)
+                    listed.append({"id": new_id, "email": i["email"]})
+                group["instructeurs"] = listed
+            self._changed()
+            return group
 
     def delete_dossier(self, number: int) -> dict:
         with self._lock:
@@ -1510,6 +1561,30 @@ def create_app(
         except ValueError as exc:
             return json_response({"error": str(exc)}, 400)
         return json_response({"deleted": deleted})
+
+    @app.post("/_sandbox/update_dossier")
+    async def update_dossier(request: Request) -> Response:
+        try:
+            body = await body_of(request)
+            group = body.get("group")
+            updated = data.update_dossier(
+                _int(body, "number"),
+                body.get("state"),
+                None if group is None else _int(body, "group"),
+                body.get("champs"),
+            )
+        except ValueError as exc:
+            return json_response({"error": str(exc)}, 400)
+        return json_response({"dossier": updated})
+
+    @app.post("/_sandbox/groupe")
+    async def set_groupe(request: Request) -> Response:
+        try:
+            body = await body_of(request)
+            group = data.set_groupe(_int(body, "number"), body.get("label"), body.get("instructeurs"))
+        except ValueError as exc:
+            return json_response({"error": str(exc)}, 400)
+        return json_response({"groupe": group})
 
     install(
         app,
