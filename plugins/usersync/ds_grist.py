@@ -362,24 +362,11 @@ def write_pending(cur: Any, client: grist.GristClient, run_id: str, settings: st
         cur.execute("SELECT key FROM grist_pending WHERE tbl = %s AND op = 'remove'", (name,))
         keys = [row[0] for row in cur.fetchall()]
         if keys:
-            figures["removed"] += remove(client, table, keys)
+            figures["removed"] += client.delete(table, keys)
             cur.execute("DELETE FROM grist_pending WHERE tbl = %s AND op = 'remove'", (name,))
             cur.connection.commit()
             cur.execute(settings)  # the settings are local to a transaction
     return written
-
-
-def remove(client: grist.GristClient, table: str, keys: list[dict[str, Any]]) -> int:
-    """Remove the Grist records matching any of `keys` ({column: value}, the same columns each)."""
-    first = next(iter(keys[0]))
-    if len(keys[0]) == 1:
-        return client.delete(table, first, [k[first] for k in keys])
-    wanted = {json.dumps(k, sort_keys=True) for k in keys}
-    records = client.records(table, filter={first: sorted({k[first] for k in keys})})
-    ids = [r["id"] for r in records if json.dumps({c: r["fields"].get(c) for c in keys[0]}, sort_keys=True) in wanted]
-    if ids:
-        client._json("POST", f"tables/{table}/records/delete", ids)
-    return len(ids)
 
 
 def iso(moment: datetime | None) -> str | None:
