@@ -142,6 +142,9 @@ def main() -> None:
                 "first_ds_calls": ds_calls,
                 "first_grist_put_bodies": puts,
                 "first_rows_written": after_first["rows_written"],
+                "first_grist_413_429_max_in_flight": [
+                    after_first[k] for k in ("status_413", "status_429", "max_in_flight")
+                ],
                 "ds_bound_s": round(ds_calls * 60 / 400, 1),  # 400 requests a minute per token
                 "resync_s": round(again_s, 1),
                 "resync_grist_writes": after_again["writes"] - after_first["writes"],
