@@ -230,16 +230,17 @@ def test_filters_select_exactly_the_matching_dossiers(apis):
     assert 0 < len(grist_records(grist_url, "Dossiers", "filteredDoc")) < 150
 
 
-def test_schedules_offsets_and_limits():
+def test_schedules_offsets_and_limits(sandboxes):  # sandboxes: the DAG file reads this module's configurations
     configs = {c.name: c for c in ds_grist.configurations(CONFIG)}
     assert "disabled" not in configs
     assert configs["main"].cron == "0 0 * * *"
     assert configs["same_doc"].cron == "15 0 * * *"  # second on the main document
     assert configs["small"].cron == "30 6 * * *"
     assert configs["filtered"].cron == "0 0 * * *"
-    from dagrun import get_dag
+    from airflow.dag_processing.dagbag import DagBag
 
-    dag = get_dag("ds_to_grist__same_doc")
+    # parsed afresh: the cached tests/dagrun.dagbag() holds the repository's configurations
+    dag = DagBag(dag_folder=str(ROOT / "dags" / "ds_to_grist.py")).get_dag("ds_to_grist__same_doc")
     assert dag.max_active_runs == 1 and dag.dagrun_timeout.total_seconds() == 7200
     assert dag.timetable.expression == "15 0 * * *" and str(dag.timetable.timezone) == "Europe/Paris"
     assert all(t.retries >= 1 for t in dag.tasks)
