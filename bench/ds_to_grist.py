@@ -61,9 +61,9 @@ def run(dag_id: str) -> tuple[float, dict]:
     return seconds, report
 
 
-def old_approach(grist_url: str, ds_url: str) -> dict:
+def old_approach(sample: int) -> dict:
     """The old app's re-sync: read every dossier from DS, then per dossier and table, GET its Grist record and
-    compare (writing it when it differs)."""
+    compare (writing it when it differs). Run on the first `sample` dossiers: its cost is per dossier."""
     from usersync import ds, ds_grist
     from usersync.grist import GristClient
 
@@ -72,7 +72,13 @@ def old_approach(grist_url: str, ds_url: str) -> dict:
     client = GristClient("grist_api", DEFAULT_DOC_ID)
     started = time.perf_counter()
     writes = 0
-    for dossier in ds.fetch_all(ds.dossiers_paginator(api, DEMARCHE), ds.first_page()):
+    dossiers, state = [], ds.first_page()
+    paginate = ds.dossiers_paginator(api, DEMARCHE)
+    while state is not None and len(dossiers) < sample:
+        page = paginate(state)
+        dossiers += page.records
+        state = page.next
+    for dossier in dossiers[:sample]:
         for table, rows in ds.flatten(dossier, schema).items():
             grist_table, key = ds_grist.TABLES[table]
             stored = {
@@ -86,7 +92,9 @@ def old_approach(grist_url: str, ds_url: str) -> dict:
                 client.add_or_update(grist_table, differ, key)
                 writes += 1
     return {
+        "dossiers": len(dossiers[:sample]),
         "seconds": round(time.perf_counter() - started, 1),
+        "ds_calls": api.stats.calls,
         "grist_calls": client.api.stats.calls,
         "grist_writes": writes,
     }
@@ -96,6 +104,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dossiers", type=int, default=2000)
     parser.add_argument("--champs", type=int, default=40)
+    parser.add_argument("--old-sample", type=int, default=1000, help="dossiers the old approach re-syncs (then scaled)")
     args = parser.parse_args()
     config = WORK / "ds_to_grist.yaml"
     config.write_text(f"configurations:\n  - {{name: bench, demarche: {DEMARCHE}, document: {DEFAULT_DOC_ID}}}\n")
@@ -114,11 +123,16 @@ def main() -> None:
             def grist_state():
                 return requests.get(f"{grist_url}/_sandbox/state", timeout=10).json()["grist"]
 
+            load = [os.getloadavg()[0]]
             first_s, first = run("ds_to_grist__bench")
+            load.append(os.getloadavg()[0])
             after_first = grist_state()
             again_s, again = run("ds_to_grist__bench")
             after_again = grist_state()
-            old = old_approach(grist_url, ds_url)
+            load.append(os.getloadavg()[0])
+            old = old_approach(min(args.old_sample, args.dossiers))
+            scale = args.dossiers / old["dossiers"]
+            old["scaled_to_all"] = {k: round(old[k] * scale) for k in ("seconds", "ds_calls", "grist_calls")}
             puts = after_first["endpoints"].get("PUT records", 0)
             ds_calls = first["ds_api"]["api_calls"]
             result = {
@@ -128,10 +142,14 @@ def main() -> None:
                 "first_ds_calls": ds_calls,
                 "first_grist_put_bodies": puts,
                 "first_rows_written": after_first["rows_written"],
+                "first_grist_413_429_max_in_flight": [
+                    after_first[k] for k in ("status_413", "status_429", "max_in_flight")
+                ],
                 "ds_bound_s": round(ds_calls * 60 / 400, 1),  # 400 requests a minute per token
                 "resync_s": round(again_s, 1),
                 "resync_grist_writes": after_again["writes"] - after_first["writes"],
                 "old_resync": old,
+                "load_average_1min": load,  # before the first sync, after it, after the re-sync
                 "first_tasks_s": first["task_s"],
                 "resync_tasks_s": again["task_s"],
             }

@@ -8,7 +8,8 @@ Per run: both APIs answer -> the démarche's descriptors -> the Grist tables `Do
 `Repetable_rows`, `Instructeurs` and their columns made to match (columns a person added are kept) -> the dossiers
 updated since the last successful run (everything on the first run or with `full_refresh`; `since` overrides),
 staged as JSON -> COPY -> the Postgres mirror (schema `ds_<name>`) -> one set-based upsert finds what changed ->
-only those rows go to Grist (add-or-update, bodies under 1 MB, at most 10 in flight) -> dossiers DS deleted are
+only those rows go to Grist (add-or-update, bodies under 1 MB, at most 10 in flight) -> dossiers DS deleted, and
+dossiers that no longer pass the filters (state or group changed; after a full read, those not listed), are
 removed -> instructeurs kept in step -> report (log, XCom, `ds_<name>.sync_runs`).
 
 Connections: the configuration's DS connection (password = token), Grist connection (password = API key), and
@@ -96,16 +97,18 @@ def build(config: ds_grist.Config):
             since = params["since"] or (None if params["full_refresh"] or watermark is None else watermark.isoformat())
             started = datetime.now(UTC)
             api = ds.client(config.ds_conn)
+            # The filters are applied in load_mirror. An incremental read lists every state, so that a dossier
+            # whose state or group changed comes back and leaves the mirror if it no longer passes them; a full
+            # read asks for the selected states only (what it does not list leaves the mirror).
             paginate = ds.dossiers_paginator(
                 api,
                 config.demarche,
-                states=config.states or None,
+                states=None if since else config.states or None,
                 updated_since=since,
-                # a day early: the range is on the Paris date of dateDepot, filtered exactly in load_mirror
+                # a day early: the range is on the Paris date of dateDepot
                 created_since=None
                 if since or not config.deposited_from
                 else f"{config.deposited_from - timedelta(days=1)}T00:00:00Z",
-                groupes=set(config.groupes) if config.groupes else None,
             )
             manifest = staging.fetch_to_staging(folder(dag_run) / "dossiers", paginate, ds.first_page(), api)
             at_fetch_end = api.stats.as_dict()  # the manifest counts the fetch's calls (earlier tries' too)
@@ -136,13 +139,13 @@ def build(config: ds_grist.Config):
             schema = ds.schema(descriptors)
             mirror = ds_grist.entities(schema)
             rows = {name: [] for name in mirror}
-            refused = []
-            kept = 0
+            refused, listed, deselected = [], [], []
             for page in staging.staged_pages(folder(dag_run) / "dossiers"):
                 for dossier in staging.read_ndjson(page):
-                    if not config.deposited(dossier):
+                    listed.append(dossier["number"])
+                    if not config.selects(dossier):
+                        deselected.append(dossier["number"])
                         continue
-                    kept += 1
                     try:
                         flat = ds.flatten(dossier, schema)
                     except (KeyError, TypeError, ValueError) as exc:
@@ -169,6 +172,8 @@ def build(config: ds_grist.Config):
                         mirror,
                         dag_run.run_id,
                         deleted=others["deleted"],
+                        deselected=deselected,
+                        listed=listed if fetched["since"] is None else None,
                         refused=refused,
                         rewrite=set(mirror) if params["full_refresh"] else grown,
                     )
@@ -178,7 +183,7 @@ def build(config: ds_grist.Config):
                     conn.commit()
             finally:
                 conn.close()
-            return {"selected": kept, "mirror_columns_added": added, **counts}
+            return {"selected": len(listed) - len(deselected), "mirror_columns_added": added, **counts}
 
         @task
         def write_to_grist(loaded: dict, params=None) -> dict:
@@ -219,6 +224,7 @@ def build(config: ds_grist.Config):
                 selected=loaded["selected"],
                 deleted_in_ds=fetched["deleted"],
                 dossiers_removed=loaded["dossiers_deleted"],
+                dossiers_deselected=loaded["dossiers_deselected"],
                 quarantined=sum(loaded[t].get("quarantined", 0) for t in ds_grist.TABLES) + written["too_large"],
                 quarantined_dossiers=loaded["quarantined_dossiers"],
                 columns_added=matched["columns_added"],

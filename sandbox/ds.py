@@ -1,8 +1,9 @@
 """Sandbox of the Démarches Simplifiées GraphQL API v2 (spec: /work/shared/specs/ds.md).
 
-The schema is DS's own SDL (``sandbox/ds_spec/schema.graphql``, copied verbatim), executed by graphql-core with
-the validation rules DS applies (every specified rule except OverlappingFieldsCanBeMerged, which graphql-ruby does
-not enforce and the official persisted query ``ds-query-v2`` breaks). ``DSData`` holds deterministic démarches
+The schema is DS's own SDL (``sandbox/ds_spec/schema.graphql``, copied verbatim); every query is validated by
+graphql-core with the rules DS applies (every specified rule except OverlappingFieldsCanBeMerged, which graphql-ruby
+does not enforce and the official persisted query ``ds-query-v2`` breaks), then executed with the schema's resolvers
+by a plain executor (graphql-core itself for errors and anything unusual). ``DSData`` holds deterministic démarches
 (descriptors of every champ type, instructor groups, dossiers whose champs are built on demand); ``create_app``
 serves them as ``POST /api/v2/graphql`` does: Bearer/Token auth parsed like Rails, Relay pages of at most 100,
 ``createdSince``/``updatedSince`` (the latter wins and orders by update time), one ``state``, ``deletedDossiers``,
@@ -24,20 +25,33 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from zoneinfo import ZoneInfo
 
 from fastapi import FastAPI, Request
 from graphql import (
+    ExecutionResult,
+    FieldNode,
     FragmentDefinitionNode,
+    FragmentSpreadNode,
     GraphQLError,
+    GraphQLIncludeDirective,
+    GraphQLList,
+    GraphQLNonNull,
+    GraphQLSkipDirective,
     InlineFragmentNode,
+    OperationDefinitionNode,
+    OperationType,
     Visitor,
     build_schema,
     execute_sync,
+    is_abstract_type,
+    is_leaf_type,
     parse,
     validate,
     visit,
 )
+from graphql.execution.values import get_argument_values, get_variable_values
 from graphql.validation import OverlappingFieldsCanBeMergedRule, specified_rules
 from starlette.responses import Response
 
@@ -300,6 +314,7 @@ class DossierMeta:
     archived: bool = False
     deleted: int | None = None  # when it was deleted (then it is listed by deletedDossiers only)
     edits: dict[str, int] = field(default_factory=dict)  # descriptor stable id -> times its value changed
+    overrides: dict[str, dict] = field(default_factory=dict)  # descriptor id -> champ fields set by update_dossier
 
 
 @dataclass
@@ -703,8 +718,11 @@ class DSData:
             champ["level"] = desc["level"]
             return champ
         if kind == "explication" or empty:
-            return _empty(champ, kind)
-        champ.update(_value(kind, desc, r, meta, self))
+            champ = _empty(champ, kind)
+        else:
+            champ.update(_value(kind, desc, r, meta, self))
+        if row is None and desc["id"] in meta.overrides:
+            champ.update(meta.overrides[desc["id"]])
         return champ
 
     # -------------------------------------------------------------- changes (control endpoints)
@@ -748,6 +766,53 @@ class DSData:
             d.revision += 1
             self._changed()
             return _public(desc)
+
+    def update_dossier(
+        self, number: int, state: str | None = None, group: int | None = None, champs: dict | None = None
+    ) -> dict:
+        """Set a dossier's state, instructor group or raw champ fields ({descriptor id: {field: value}}, served
+        as they are); its update time becomes now. Returns its public fields."""
+        with self._lock:
+            meta = self.by_number.get(number)
+            if meta is None or meta.deleted is not None:
+                raise ValueError(f"no dossier {number}")
+            d = self.demarches[meta.demarche]
+            if state is not None and state not in STATES:
+                raise ValueError(f"state must be one of {STATES}")
+            if group is not None and group not in {g["number"] for g in d.groups}:
+                raise ValueError(f"démarche {d.number} has no group {group}")
+            known = {x["id"] for x in d.descriptors + d.annotations}
+            for descriptor_id, fields in (champs or {}).items():
+                if descriptor_id not in known or not isinstance(fields, dict):
+                    raise ValueError(f"champs: {descriptor_id!r} is no field of démarche {d.number}, or not {{...}}")
+            meta.state = state or meta.state
+            meta.group = group or meta.group
+            meta.overrides.update(champs or {})
+            meta.updated = self._now(meta)
+            self._changed()
+            return {"number": number, "state": meta.state, "group": meta.group, "updated": iso(meta.updated)}
+
+    def set_groupe(self, number: int, label: str | None = None, instructeurs: list[dict] | None = None) -> dict:
+        """Rename an instructor group and/or replace its instructors ([{"id"?, "email"}]; without an id, a new
+        instructor). Returns the group."""
+        with self._lock:
+            group = self.group(number)
+            if group is None:
+                raise ValueError(f"no group {number}")
+            if label is not None:
+                group["label"] = str(label)
+            if instructeurs is not None:
+                known = {i["id"] for d in self.demarches.values() for g in d.groups for i in g["instructeurs"]}
+                listed = []
+                for i in instructeurs:
+                    if not isinstance(i, dict) or not isinstance(i.get("email"), str):
+                        raise ValueError("instructeurs: [{id?, email}]")
+                    new_id = i.get("id") or gid("Instructeur", 1_000_000 + len(known))
+                    known.add(new_id)
+                    listed.append({"id": new_id, "email": i["email"]})
+                group["instructeurs"] = listed
+            self._changed()
+            return group
 
     def delete_dossier(self, number: int) -> dict:
         with self._lock:
@@ -1332,6 +1397,136 @@ def build_ds_schema():
 SCHEMA = build_ds_schema()
 
 
+# ---------------------------------------------------------------------------------------------- fast execution
+
+
+class Unusual(Exception):
+    """Something the plain executor leaves to graphql-core: an error to report, a null where the schema forbids
+    one, introspection, fragment arguments."""
+
+
+class PlainExecutor:
+    """A validated query executed over the sandbox's plain dicts with SCHEMA's own resolvers, type resolution and
+    scalar serialisation, without graphql-core's per-field machinery (about 4x faster on a page of 100 dossiers x
+    40 champs). Its answer equals graphql-core's (tests/test_sandbox_ds.py compares them); whatever it does not
+    handle raises Unusual, and the query goes to graphql-core."""
+
+    def __init__(self, schema, document, variables: dict | None, operation_name: str | None, context):
+        self.schema, self.context = schema, context
+        operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+        operation = (
+            operations[0] if operation_name is None and len(operations) == 1
+            else next((o for o in operations if o.name and o.name.value == operation_name), None)
+        )  # fmt: skip
+        if operation is None or operation.operation != OperationType.QUERY:
+            raise Unusual("no query to run")
+        values = get_variable_values(schema, operation.variable_definitions or (), variables or {})
+        if isinstance(values, list):
+            raise Unusual("variables")
+        self.variables = values
+        self.operation = operation
+        self.fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
+        self.info = SimpleNamespace(context=context, schema=schema, variable_values=values, fragments=self.fragments)
+        self._subfields: dict[tuple, dict[str, list[FieldNode]]] = {}
+
+    def run(self) -> dict:
+        return self._object(self.schema.query_type, {}, self._collect(self.schema.query_type, [self.operation]))
+
+    def _included(self, node) -> bool:
+        for directive, keep in ((GraphQLSkipDirective, False), (GraphQLIncludeDirective, True)):
+            found = next((d for d in node.directives or () if d.name.value == directive.name), None)
+            if found is not None and get_argument_values(directive, found, self.variables)["if"] != keep:
+                return False
+        return True
+
+    def _collect(self, runtime, parents) -> dict[str, list[FieldNode]]:
+        key = (runtime.name, *map(id, parents))
+        fields = self._subfields.get(key)
+        if fields is None:
+            fields = {}
+            for parent in parents:
+                self._collect_into(runtime, parent.selection_set, fields, set())
+            self._subfields[key] = fields
+        return fields
+
+    def _collect_into(self, runtime, selection_set, fields: dict, seen: set) -> None:
+        for node in selection_set.selections if selection_set else ():
+            if not self._included(node):
+                continue
+            if isinstance(node, FieldNode):
+                fields.setdefault((node.alias or node.name).value, []).append(node)
+                continue
+            if isinstance(node, FragmentSpreadNode):
+                if node.arguments:
+                    raise Unusual("fragment arguments")
+                if node.name.value in seen:
+                    continue
+                seen.add(node.name.value)
+                node = self.fragments[node.name.value]
+            condition = node.type_condition and self.schema.get_type(node.type_condition.name.value)
+            if (
+                condition is None
+                or condition is runtime
+                or (is_abstract_type(condition) and self.schema.is_sub_type(condition, runtime))
+            ):
+                self._collect_into(runtime, node.selection_set, fields, seen)
+
+    def _object(self, runtime, source, fields: dict[str, list[FieldNode]]) -> dict:
+        result = {}
+        for key, nodes in fields.items():
+            name = nodes[0].name.value
+            if name == "__typename":
+                result[key] = runtime.name
+                continue
+            definition = runtime.fields.get(name)
+            if definition is None:
+                raise Unusual(f"introspection or unknown field {name}")
+            args = get_argument_values(definition, nodes[0], self.variables) if definition.args else {}
+            try:
+                if definition.resolve is not None:
+                    value = definition.resolve(source, self.info, **args)
+                else:
+                    value = source.get(name) if isinstance(source, dict) else getattr(source, name, None)
+                    if callable(value):
+                        raise Unusual("a callable value")
+            except GraphQLError as exc:
+                raise Unusual("an error to report") from exc
+            result[key] = self._complete(definition.type, nodes, value)
+        return result
+
+    def _complete(self, type_, nodes, value):
+        if isinstance(type_, GraphQLNonNull):
+            value = self._complete(type_.of_type, nodes, value)
+            if value is None:
+                raise Unusual("null for a non-null field")
+            return value
+        if value is None:
+            return None
+        if isinstance(type_, GraphQLList):
+            return [self._complete(type_.of_type, nodes, item) for item in value]
+        if is_leaf_type(type_):
+            return type_.serialize(value)
+        runtime = type_
+        if is_abstract_type(type_):
+            resolve = type_.resolve_type
+            name = resolve(value, self.info, type_) if resolve else value.get("__typename")
+            runtime = self.schema.get_type(name) if isinstance(name, str) else None
+            if runtime is None or not self.schema.is_sub_type(type_, runtime):
+                raise Unusual(f"cannot resolve {type_.name}")
+        return self._object(runtime, value, self._collect(runtime, nodes))
+
+
+def execute(document, variables: dict | None, operation_name: str | None, context: Context) -> ExecutionResult:
+    """SCHEMA's answer to a validated query: the plain executor's, graphql-core's where it steps back."""
+    try:
+        return ExecutionResult(PlainExecutor(SCHEMA, document, variables, operation_name, context).run(), None)
+    except Unusual:
+        context.served.clear()
+        return execute_sync(
+            SCHEMA, document, variable_values=variables, operation_name=operation_name, context_value=context
+        )
+
+
 # ---------------------------------------------------------------------------------------------- app
 
 
@@ -1511,6 +1706,30 @@ def create_app(
             return json_response({"error": str(exc)}, 400)
         return json_response({"deleted": deleted})
 
+    @app.post("/_sandbox/update_dossier")
+    async def update_dossier(request: Request) -> Response:
+        try:
+            body = await body_of(request)
+            group = body.get("group")
+            updated = data.update_dossier(
+                _int(body, "number"),
+                body.get("state"),
+                None if group is None else _int(body, "group"),
+                body.get("champs"),
+            )
+        except ValueError as exc:
+            return json_response({"error": str(exc)}, 400)
+        return json_response({"dossier": updated})
+
+    @app.post("/_sandbox/groupe")
+    async def set_groupe(request: Request) -> Response:
+        try:
+            body = await body_of(request)
+            group = data.set_groupe(_int(body, "number"), body.get("label"), body.get("instructeurs"))
+        except ValueError as exc:
+            return json_response({"error": str(exc)}, 400)
+        return json_response({"groupe": group})
+
     install(
         app,
         sandbox,
@@ -1552,9 +1771,7 @@ def create_app(
             return json_response({"errors": [e.formatted for e in errors]})
         ctx = Context(data, fragment_types(document), rights.demarches if rights else frozenset())
         with data._lock:  # one consistent snapshot per request
-            result = execute_sync(
-                SCHEMA, document, variable_values=variables, operation_name=operation_name, context_value=ctx
-            )
+            result = execute(document, variables, operation_name, ctx)
         count(queries=1, dossiers_served=ctx.served["dossiers"], errors=bool(result.errors))
         body: dict[str, object] = {}
         if result.errors:

@@ -230,16 +230,17 @@ def test_filters_select_exactly_the_matching_dossiers(apis):
     assert 0 < len(grist_records(grist_url, "Dossiers", "filteredDoc")) < 150
 
 
-def test_schedules_offsets_and_limits():
+def test_schedules_offsets_and_limits(sandboxes):  # sandboxes: the DAG file reads this module's configurations
     configs = {c.name: c for c in ds_grist.configurations(CONFIG)}
     assert "disabled" not in configs
     assert configs["main"].cron == "0 0 * * *"
     assert configs["same_doc"].cron == "15 0 * * *"  # second on the main document
     assert configs["small"].cron == "30 6 * * *"
     assert configs["filtered"].cron == "0 0 * * *"
-    from dagrun import get_dag
+    from airflow.dag_processing.dagbag import DagBag
 
-    dag = get_dag("ds_to_grist__same_doc")
+    # parsed afresh: the cached tests/dagrun.dagbag() holds the repository's configurations
+    dag = DagBag(dag_folder=str(ROOT / "dags" / "ds_to_grist.py")).get_dag("ds_to_grist__same_doc")
     assert dag.max_active_runs == 1 and dag.dagrun_timeout.total_seconds() == 7200
     assert dag.timetable.expression == "15 0 * * *" and str(dag.timetable.timezone) == "Europe/Paris"
     assert all(t.retries >= 1 for t in dag.tasks)
@@ -316,3 +317,102 @@ def test_since_overrides_the_watermark(apis):
     updated = [d for d in truth if datetime.fromisoformat(d["dateDerniereModification"]) >= moment]
     assert 0 < report["fetched"] == len(updated) < 150 and report["since"] == since
     assert sum(t["written"] for t in report["grist"].values()) == 0  # read again, nothing changed
+
+
+def test_instructeurs_are_kept_in_step(apis):
+    ds_url, grist_url = apis
+    run_dag("ds_to_grist__main")
+    groupes = {g["number"]: g for g in ds.fetch_groupes(ds.client("ds_api"), DEMARCHE)}
+    first, second, third = (groupes[n] for n in sorted(groupes))
+    assert len(first["instructeurs"]) >= 1 and len(second["instructeurs"]) >= 2 and len(third["instructeurs"]) >= 1
+    changes = [  # one instructor added and one whose email changed; one removed; a group renamed (its rows change)
+        {"number": first["number"], "instructeurs": [
+            {**first["instructeurs"][0], "email": "nouvelle.adresse@example.gouv.fr"},
+            *first["instructeurs"][1:],
+            {"email": "arrivee.recente@example.gouv.fr"},
+        ]},
+        {"number": second["number"], "instructeurs": second["instructeurs"][1:]},
+        {"number": third["number"], "label": "Instruction Est"},
+    ]  # fmt: skip
+    for change in changes:
+        requests.post(f"{ds_url}/_sandbox/groupe", json=change, timeout=10).raise_for_status()
+    run, states = run_dag("ds_to_grist__main")
+    assert set(states.values()) == {"success"}, states
+    renamed = len(third["instructeurs"])
+    report = xcom(run, "report_run")
+    assert report["grist"]["Instructeurs"] == {"written": 2 + renamed, "added": 1, "updated": 1 + renamed, "removed": 1}
+    assert report["mirror"]["instructeurs"]["inserted"] == 1 and report["mirror"]["instructeurs"]["removed"] == 1
+    want = ds.instructeur_rows(ds.fetch_groupes(ds.client("ds_api"), DEMARCHE))
+    got = grist_records(grist_url, "Instructeurs")
+    key = ("groupe_number", "instructeur_id")
+    assert sorted(({k: r[k] for k in want[0]} for r in got), key=lambda r: [r[k] for k in key]) == sorted(
+        want, key=lambda r: [r[k] for k in key]
+    )
+    assert "arrivee.recente@example.gouv.fr" in {r["email"] for r in got}
+
+
+def test_an_unreadable_dossier_is_quarantined_with_its_reason_and_the_rest_land(apis, sql):
+    ds_url, grist_url = apis
+    descriptors = ds.fetch_descriptors(ds.client("ds_api"), DEMARCHE)
+    integer = next(
+        d
+        for d in descriptors["activeRevision"]["champDescriptors"]
+        if d["__typename"] == "IntegerNumberChampDescriptor"
+    )
+    number = expected(DEMARCHE)["dossiers"][10]["number"]
+    huge = "1" * 20  # a BigInt DS serves, past what a Postgres bigint (and a Grist Int) holds
+    requests.post(
+        f"{ds_url}/_sandbox/update_dossier",
+        json={"number": number, "champs": {integer["id"]: {"value": huge, "stringValue": huge}}},
+        timeout=10,
+    ).raise_for_status()
+    run, states = run_dag("ds_to_grist__main")
+    assert set(states.values()) == {"success"}, states
+    report = xcom(run, "report_run")
+    assert report["quarantined_dossiers"] == 1 and report["grist"]["Dossiers"]["added"] == 149
+    [(entity, reason, record)] = sql("SELECT entity, reason, record FROM ds_main.quarantine")
+    assert entity == "champs" and ds.column_id(integer["id"]) in reason and record["number"] == number
+    assert_grist_equals_ds(grist_url, keep=lambda d: d["number"] != number)
+    for table in ("Dossiers", "Champs", "Annotations", "Repetable_rows"):
+        assert number not in {r["number"] for r in grist_records(grist_url, table)}, table
+
+
+def test_a_dossier_that_leaves_the_filters_disappears_from_grist(apis):
+    ds_url, grist_url = apis
+    run_dag("ds_to_grist__filtered")
+    selects = next(c for c in ds_grist.configurations(CONFIG) if c.name == "filtered").selects
+    dossiers = ds.fetch_all(ds.dossiers_paginator(ds.client("ds_api"), DEMARCHE), ds.first_page())
+    inside = [d["number"] for d in dossiers if selects(d)]
+    entering = next(
+        d["number"]
+        for d in dossiers
+        if not selects(d) and selects({**d, "state": "accepte", "groupeInstructeur": {"number": 1011}})
+    )
+    in_grist = {r["number"] for r in grist_records(grist_url, "Dossiers", "filteredDoc")}
+    assert set(inside) == in_grist
+    changes = [
+        {"number": inside[0], "state": "refuse"},  # a state the configuration does not select
+        {"number": inside[1], "group": 1013},  # a group it does not select
+        {"number": entering, "state": "accepte", "group": 1011},  # and one that now passes the filters
+    ]
+    for change in changes:
+        requests.post(f"{ds_url}/_sandbox/update_dossier", json=change, timeout=10).raise_for_status()
+    run, states = run_dag("ds_to_grist__filtered")
+    assert set(states.values()) == {"success"}, states
+    report = xcom(run, "report_run")
+    assert report["mode"] == "incremental" and report["dossiers_deselected"] == 2
+    assert report["grist"]["Dossiers"]["removed"] == 2 and report["grist"]["Dossiers"]["added"] == 1
+    assert_grist_equals_ds(grist_url, doc="filteredDoc", keep=selects)
+    in_grist = {r["number"] for r in grist_records(grist_url, "Dossiers", "filteredDoc")}
+    assert inside[0] not in in_grist and inside[1] not in in_grist and entering in in_grist
+
+    # A full read lists the selected states only: a dossier it no longer lists leaves too.
+    requests.post(
+        f"{ds_url}/_sandbox/update_dossier", json={"number": inside[2], "state": "sans_suite"}, timeout=10
+    ).raise_for_status()
+    run, states = run_dag("ds_to_grist__filtered", conf={"full_refresh": True})
+    assert set(states.values()) == {"success"}, states
+    report = xcom(run, "report_run")
+    assert report["mode"] == "full" and report["dossiers_deselected"] == 1
+    assert inside[2] not in {r["number"] for r in grist_records(grist_url, "Dossiers", "filteredDoc")}
+    assert_grist_equals_ds(grist_url, doc="filteredDoc", keep=selects)

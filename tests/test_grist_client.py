@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
+from pathlib import Path
 
+import jsonschema
 import pytest
 import requests
+import yaml
 from usersync.api import AuthError
 from usersync.grist import Column, GristClient, batches, grist_id
 
@@ -70,7 +74,7 @@ def rows(n: int, text_bytes: int = 10, start: int = 1) -> list[dict]:
             "number": i,
             "state": "accepte" if i % 3 else "en_construction",
             "labels": ["L", "urgent"],
-            "deposited": "2026-01-15",
+            "deposited": 1768435200,  # Grist's encoding of 2026-01-15 (sent with noparse)
             "text": f"dossier {i} " + "é" * (text_bytes // 2),
         }
         for i in range(start, start + n)
@@ -235,15 +239,21 @@ def test_rows_repeating_a_key_in_one_call_keep_the_last(client, data):
     assert result.added == 1 and [r["fields"]["text"] for r in data.records(DOC, "Dossiers")] == ["new"]
 
 
-def test_delete_by_key_and_read(client, data):
+def test_delete_by_key_and_read(client, data, url):
     client.ensure_schema({"Dossiers": DOSSIERS})
     client.add_or_update("Dossiers", rows(20), key=["number"])
 
-    assert client.delete("Dossiers", "number", [3, 5, 99]) == 2
+    assert client.delete("Dossiers", [{"number": n} for n in (3, 5, 99)]) == 2
     numbers = [r["fields"]["number"] for r in client.records("Dossiers")]
     assert numbers == [n for n in range(1, 21) if n not in (3, 5)]
     assert [r["fields"]["number"] for r in client.records("Dossiers", filter={"number": [7, 8]})] == [7, 8]
-    assert client.delete("Dossiers", "number", range(1000, 3000)) == 0  # several filter calls, nothing found
+    calls = state(url)["endpoints"].get("GET records", 0)
+    assert client.delete("Dossiers", [{"number": n} for n in range(1000, 3000)]) == 0
+    assert state(url)["endpoints"]["GET records"] - calls > 1  # the filter split over several URLs
+    # A key of two columns: only the records matching both values of one key go.
+    client.add_or_update("Dossiers", [{"number": n, "text": t} for n, t in ((7, "a"), (8, "b"))], key=["number"])
+    assert client.delete("Dossiers", [{"number": 7, "text": "b"}, {"number": 8, "text": "b"}]) == 1
+    assert [r["fields"]["number"] for r in client.records("Dossiers", filter={"number": [7, 8]})] == [7]
 
 
 def test_a_wrong_key_fails_with_a_clear_message_and_writes_nothing(url, data, monkeypatch):
@@ -291,3 +301,111 @@ def test_writes_whose_answer_was_lost_are_retried_without_duplicates(client, url
     assert [r["fields"]["number"] for r in data.records(DOC, "Dossiers")] == list(range(1, 51))
     assert list(data.columns(DOC, "Dossiers"))[-1:] == ["extra"]
     assert client.api.stats.retries == 3
+
+
+# ---------------------------------------------------------------------------------------------- OpenAPI
+
+OPENAPI = yaml.safe_load((Path(__file__).resolve().parents[1] / "sandbox" / "grist_spec" / "grist.yml").read_text())
+
+
+def _resolved(node: dict) -> dict:
+    while "$ref" in node:
+        target = OPENAPI
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        node = target
+    return node
+
+
+def check_against_openapi(method: str, path: str, params: dict | None, body: bytes | None, headers, answer) -> None:
+    """One call as the client sent it, and Grist's answer, against grist.yml: the operation exists, every query
+    parameter is declared with a valid value, the body and the answer validate against their schemas."""
+    operations = [
+        item[method.lower()]
+        for template, item in OPENAPI["paths"].items()
+        if re.fullmatch(re.sub(r"\{[^}]+\}", "[^/]+", template), path) and method.lower() in item
+    ]
+    assert len(operations) == 1, f"{method} {path} is not one operation of grist.yml"
+    operation = operations[0]
+    declared = {p["name"]: p["schema"] for p in map(_resolved, operation.get("parameters", [])) if p["in"] == "query"}
+    for name, value in (params or {}).items():
+        assert name in declared, f"{method} {path}: no query parameter {name!r} in grist.yml"
+        schema = declared[name]
+        if schema.get("type") == "boolean":
+            assert value in ("true", "false"), f"{name}={value!r} is no boolean"
+        if "enum" in schema:
+            assert value in schema["enum"], f"{name}={value!r}"
+
+    def valid(document, schema: dict) -> None:
+        jsonschema.Draft4Validator({**schema, "components": OPENAPI["components"]}).validate(document)
+
+    request_body = operation.get("requestBody")
+    if body is None:
+        assert not (request_body or {}).get("required"), f"{method} {path} needs a body"
+    else:
+        assert request_body, f"{method} {path} takes no body"
+        assert (headers or {}).get("Content-Type") == "application/json"
+        valid(json.loads(body), request_body["content"]["application/json"]["schema"])
+    content = (operation["responses"].get(200) or operation["responses"].get("200") or {}).get("content")
+    if content:  # an empty RefList (recalcDeps) reads back null, which grist.yml's schemas do not allow for
+        valid(_without_nulls(answer), content["application/json"]["schema"])
+
+
+def _without_nulls(value):
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
+def test_every_call_the_client_makes_follows_grists_openapi(client, url):
+    calls = []
+    fetch = client.api.fetch_json
+
+    def recording(method, path, *, data=None, params=None, headers=None):
+        answer, response = fetch(method, path, data=data, params=params, headers=headers)
+        calls.append((method, path.removeprefix("/api"), params, data, headers, answer))
+        return answer, response
+
+    client.api.fetch_json = recording
+    client.ensure_schema({"Dossiers": DOSSIERS[:2], "Notes": [Column("number", "Int")]})  # POST tables
+    widened = [DOSSIERS[0], Column("state", "Choice", choices=("en_construction", "accepte", "refuse")), *DOSSIERS[2:]]
+    client.ensure_schema({"Dossiers": widened})  # PUT columns (added), PATCH columns (choices)
+    client.add_or_update("Dossiers", rows(30), key=["number"])  # PUT records: adds
+    client.add_or_update("Dossiers", rows(5, text_bytes=3), key=["number"])  # and updates
+    client.records("Dossiers", filter={"number": [1, 2]}, sort="-number", hidden=True)
+    assert client.delete("Dossiers", [{"number": 3}, {"number": 4}]) == 2
+    sent = {(method, re.sub(r"^/docs/[^/]+", "", path)) for method, path, *_ in calls}
+    assert sent == {
+        ("GET", "/tables"),
+        ("POST", "/tables"),
+        ("GET", "/tables/Dossiers/columns"),
+        ("PUT", "/tables/Dossiers/columns"),
+        ("PATCH", "/tables/Dossiers/columns"),
+        ("PUT", "/tables/Dossiers/records"),
+        ("GET", "/tables/Dossiers/records"),
+        ("POST", "/tables/Dossiers/data/delete"),
+    }
+    for call in calls:
+        check_against_openapi(*call)
+    puts = [c for c in calls if c[0] == "PUT" and c[1].endswith("/records")]
+    assert all(params == {"noparse": "true"} for _, _, params, *_ in puts)  # cells go in Grist's encoding
+    for _, _, _, body, _, answer in puts:  # grist-core >= 1.7.13 answers with the ids, in the records' order
+        records = json.loads(body)["records"]
+        assert set(answer) == {"recordIds", "addRecordIds", "updateRecordIds"} and len(answer["recordIds"]) == len(
+            records
+        )
+        assert all(r.keys() == {"require", "fields"} and list(r["require"]) == ["number"] for r in records)
+
+
+def test_the_openapi_check_catches_what_grist_yml_does_not_allow():
+    with pytest.raises(AssertionError, match="no query parameter 'onmay'"):
+        check_against_openapi("PUT", "/docs/d/tables/T/records", {"onmay": "all"}, None, None, None)
+    with pytest.raises(AssertionError, match="onmany='some'"):
+        check_against_openapi("PUT", "/docs/d/tables/T/records", {"onmany": "some"}, None, None, None)
+    with pytest.raises(jsonschema.ValidationError, match="'require' is a required property"):
+        body = json.dumps({"records": [{"fields": {"a": 1}}]}).encode()
+        check_against_openapi("PUT", "/docs/d/tables/T/records", None, body, {"Content-Type": "application/json"}, None)
+    with pytest.raises(AssertionError, match="is not one operation"):
+        check_against_openapi("POST", "/docs/d/tables/T/records/delete", None, b"[1]", None, None)

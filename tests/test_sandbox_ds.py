@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -229,3 +230,45 @@ def test_storm_of_429_and_5xx_faults(url):
     assert "Retry-After" not in first.headers and int(first.headers["RateLimit-Reset"]) >= time.time() + 1
     requests.post(f"{url}/_sandbox/faults", json={"error_rate": 1}, timeout=10)
     assert post(url, query).status_code in (500, 502, 503)
+
+
+def test_the_plain_executor_answers_exactly_as_graphql_core():
+    """Pages of dossiers are answered by the sandbox's plain executor: for the client's queries and every
+    operation of the persisted query (all parts included), its answer must be graphql-core's."""
+    from pathlib import Path
+
+    from graphql import execute_sync, parse
+
+    from sandbox.ds import SCHEMA, Context, PlainExecutor, Unusual, fragment_types
+
+    data = DSData(((101, 150, 40),), seed=5)
+    number = data.demarches[101].dossiers[7].number
+    # every include flag the persisted query's operations take, set
+    included = {name: True for name in set(re.findall(r"\$(include\w+)", PERSISTED_QUERIES["ds-query-v2"]))}
+    queries = [
+        (path.read_text(), None, {"demarcheNumber": 101, "first": 100, "after": None})
+        for path in sorted((Path(__file__).resolve().parents[1] / "include" / "graphql" / "ds").glob("*.graphql"))
+    ]
+    persisted = PERSISTED_QUERIES["ds-query-v2"]
+    queries += [
+        (persisted, "getDemarche", {"demarcheNumber": 101, "first": 100, **included}),
+        (persisted, "getGroupeInstructeur", {"groupeInstructeurNumber": 1012, "first": 50, **included}),
+        (persisted, "getDossier", {"dossierNumber": number, **included}),
+        (persisted, "getDemarcheDescriptor", {"demarche": {"number": 101}, **included}),
+        (TYPED_CHAMPS, None, {"n": number}),
+    ]
+    for query, operation, variables in queries:
+        document = parse(query)
+        want = execute_sync(
+            SCHEMA,
+            document,
+            variable_values=variables,
+            operation_name=operation,
+            context_value=Context(data, fragment_types(document), None),
+        )
+        assert not want.errors and want.data, (operation, want.errors)
+        got = PlainExecutor(SCHEMA, document, variables, operation, Context(data, fragment_types(document), None))
+        assert got.run() == want.data, (operation, query[:60])
+    with pytest.raises(Unusual):  # a resolver's error is graphql-core's to report
+        document = parse(PAGE)
+        PlainExecutor(SCHEMA, document, {"n": 999}, None, Context(data, fragment_types(document), None)).run()

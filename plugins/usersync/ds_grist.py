@@ -72,10 +72,15 @@ class Config:
         total = (hours * 60 + minutes + self.offset_minutes) % (24 * 60)
         return f"{total % 60} {total // 60} * * *"
 
-    def deposited(self, dossier: dict[str, Any]) -> bool:
+    def selects(self, dossier: dict[str, Any]) -> bool:
+        """Whether a dossier (as DS lists it) passes the filters: deposit date range, states, groups."""
         day = date.fromisoformat(dossier["dateDepot"][:10])
-        return (self.deposited_from is None or day >= self.deposited_from) and (
-            self.deposited_to is None or day <= self.deposited_to
+        group = (dossier.get("groupeInstructeur") or {}).get("number")
+        return (
+            (self.deposited_from is None or day >= self.deposited_from)
+            and (self.deposited_to is None or day <= self.deposited_to)
+            and (not self.states or dossier["state"] in self.states)
+            and (not self.groupes or group in self.groupes)
         )
 
 
@@ -219,11 +224,14 @@ def load(
     deleted: Sequence[int],
     rewrite: set[str],
     refused: Sequence[tuple[dict, str]] = (),
+    deselected: Sequence[int] = (),
+    listed: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """<table>_raw (filled) -> the mirror and grist_pending: stage, quarantine (a dossier refused in one table
-    is held back from all), upsert, rows of changed dossiers' repeatable blocks that went away, deleted dossiers,
-    instructeurs that went away. Every row of the `rewrite` tables is queued, changed or not. Returns the counts
-    per table."""
+    is held back from all), upsert, rows of changed dossiers' repeatable blocks that went away, dossiers that
+    left (`deleted` in DS; `deselected`: listed, but no longer passing the filters; after a full read, every
+    dossier not `listed`), instructeurs that went away. Every row of the `rewrite` tables is queued, changed or
+    not. Returns the counts per table."""
     cur.execute(LOCK)
     cur.execute("DELETE FROM quarantine WHERE run_id = %s AND entity = ANY(%s)", (run_id, list(mirror)))
     if refused:  # dossiers flatten could not read
@@ -267,29 +275,42 @@ def load(
         "ON CONFLICT (tbl, key) DO UPDATE SET op = 'remove'"
     )
     counts["instructeurs"]["removed"] = cur.rowcount
-    removed = 0
-    if deleted:
-        for name in DOSSIER_TABLES:
-            cur.execute(
-                sql.SQL(
-                    "WITH gone AS (DELETE FROM {} WHERE number = ANY(%s) RETURNING {}) INSERT INTO grist_pending "
-                    "(tbl, key, op) SELECT {}, {}, 'remove' FROM gone "
-                    "ON CONFLICT (tbl, key) DO UPDATE SET op = 'remove'"
-                ).format(
-                    sql.Identifier(name),
-                    sql.SQL(", ").join(map(sql.Identifier, TABLES[name][1])),
-                    sql.Literal(name),
-                    _key_json(TABLES[name][1]),
-                ),
-                (list(deleted),),
-            )
-            counts[name]["removed"] = counts[name].get("removed", 0) + cur.rowcount
-            removed += cur.rowcount if name == "dossiers" else 0
-    counts["dossiers_deleted"] = removed
+    counts["dossiers_deleted"] = _remove_dossiers(
+        cur, counts, "number = ANY(%(deleted)s::bigint[])", {"deleted": list(deleted)}
+    )
+    where = "number = ANY(%(deselected)s::bigint[])"
+    if listed is not None:  # a hashed NOT IN: the mirror against the whole listing
+        where += " OR number NOT IN (SELECT unnest(%(listed)s::bigint[]))"
+    counts["dossiers_deselected"] = _remove_dossiers(
+        cur, counts, where, {"deselected": list(deselected), "listed": list(listed or ())}
+    )
     counts["quarantined_dossiers"] = len(refused)
     cur.execute("SELECT tbl, op, count(*) FROM grist_pending GROUP BY 1, 2 ORDER BY 1, 2")
     counts["pending"] = {f"{tbl}.{op}": n for tbl, op, n in cur.fetchall()}
     return counts
+
+
+def _remove_dossiers(cur: Any, counts: dict[str, Any], where: str, params: dict[str, Any]) -> int:
+    """Remove the dossiers matching `where` from the four mirror tables, queueing their Grist removal; returns
+    how many dossiers."""
+    removed = 0
+    for name in DOSSIER_TABLES:
+        cur.execute(
+            sql.SQL(
+                "WITH gone AS (DELETE FROM {} WHERE {} RETURNING {}) INSERT INTO grist_pending (tbl, key, op) "
+                "SELECT {}, {}, 'remove' FROM gone ON CONFLICT (tbl, key) DO UPDATE SET op = 'remove'"
+            ).format(
+                sql.Identifier(name),
+                sql.SQL(where),
+                sql.SQL(", ").join(map(sql.Identifier, TABLES[name][1])),
+                sql.Literal(name),
+                _key_json(TABLES[name][1]),
+            ),
+            params,
+        )
+        counts[name]["removed"] = counts[name].get("removed", 0) + cur.rowcount
+        removed += cur.rowcount if name == "dossiers" else 0
+    return removed
 
 
 # ---------------------------------------------------------------------------------------------- to Grist
@@ -341,24 +362,11 @@ def write_pending(cur: Any, client: grist.GristClient, run_id: str, settings: st
         cur.execute("SELECT key FROM grist_pending WHERE tbl = %s AND op = 'remove'", (name,))
         keys = [row[0] for row in cur.fetchall()]
         if keys:
-            figures["removed"] += remove(client, table, keys)
+            figures["removed"] += client.delete(table, keys)
             cur.execute("DELETE FROM grist_pending WHERE tbl = %s AND op = 'remove'", (name,))
             cur.connection.commit()
             cur.execute(settings)  # the settings are local to a transaction
     return written
-
-
-def remove(client: grist.GristClient, table: str, keys: list[dict[str, Any]]) -> int:
-    """Remove the Grist records matching any of `keys` ({column: value}, the same columns each)."""
-    first = next(iter(keys[0]))
-    if len(keys[0]) == 1:
-        return client.delete(table, first, [k[first] for k in keys])
-    wanted = {json.dumps(k, sort_keys=True) for k in keys}
-    records = client.records(table, filter={first: sorted({k[first] for k in keys})})
-    ids = [r["id"] for r in records if json.dumps({c: r["fields"].get(c) for c in keys[0]}, sort_keys=True) in wanted]
-    if ids:
-        client._json("POST", f"tables/{table}/records/delete", ids)
-    return len(ids)
 
 
 def iso(moment: datetime | None) -> str | None:

@@ -319,7 +319,8 @@ class GristClient:
 
         def send(item: tuple[bytes, list[dict]]) -> WriteResult:
             body, chunk = item
-            answer = self.call("PUT", f"tables/{table}/records", body)
+            # noparse: the cells are already in Grist's encoding; a string must stay the string it is
+            answer = self.call("PUT", f"tables/{table}/records", body, {"noparse": "true"})
             done = WriteResult(calls=1, rows=len(chunk), max_body_bytes=len(body))
             if isinstance(answer, dict) and "addRecordIds" in answer:
                 done.added, done.updated = len(answer["addRecordIds"]), sum(map(len, answer["updateRecordIds"]))
@@ -332,13 +333,20 @@ class GristClient:
                 result.add(done)
         return result
 
-    def delete(self, table: str, key: str, values: Iterable[Any]) -> int:
-        """Remove the records whose `key` column holds one of `values`; returns how many were removed."""
-        row_ids: list[int] = []
-        for chunk in _chunks_by_size(list(values), MAX_URL_FILTER_CHARS):
-            row_ids += [r["id"] for r in self.records(table, filter={key: chunk})]
-        for chunk in _chunks_by_size(row_ids, self.max_body_bytes):
-            self._json("POST", f"tables/{table}/records/delete", chunk)
+    def delete(self, table: str, keys: Sequence[Mapping[str, Any]]) -> int:
+        """Remove the records matching one of `keys` ({column: value}, the same columns in each); returns how many
+        were removed. Found by filtered reads (each filter short enough for a URL), removed by row id with
+        `POST data/delete` (the OpenAPI's; grist-core's `records/delete` is the same call, newer servers only)."""
+        if not keys:
+            return 0
+        columns = list(keys[0])
+        wanted = {_encode([k[c] for c in columns]) for k in keys}
+        row_ids: dict[int, None] = {}
+        for chunk in _chunks_by_size(list(keys), MAX_URL_FILTER_CHARS):
+            found = self.records(table, filter={c: list(dict.fromkeys(k[c] for k in chunk)) for c in columns})
+            row_ids.update((r["id"], None) for r in found if _encode([r["fields"].get(c) for c in columns]) in wanted)
+        for chunk in _chunks_by_size(list(row_ids), self.max_body_bytes):
+            self._json("POST", f"tables/{table}/data/delete", chunk)
         return len(row_ids)
 
 
