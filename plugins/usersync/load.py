@@ -1,19 +1,15 @@
 """Stage (COPY into <entity>_delta) and upsert (one set-based statement per transaction).
 
 An entity is given as its declaration (usersync.entity.Entity): its statements are generated from it, except
-where the sync has its own file for a step (include/sql/<sync>/<step>_<entity>.sql), because it does something
-else there (Portail DF's kind mapping). Given by name only, every step is a file:
-  stage_<entity>.sql        <entity>_raw -> <entity>_delta: typed, last record per key wins, bad records
-                            to quarantine with their reason; returns received/staged/quarantined/duplicates
-  upsert_<entity>.sql       <entity>_delta -> <entity>: inserts new rows, updates rows whose values differ;
-                            returns inserted/updated/unchanged
-  mark_deleted_<entity>.sql (full refresh only) marks (or removes) rows the source no longer returns;
-                            returns marked (and/or removed) and active_before
-  watermark_<entity>.sql    (incremental syncs) the newest source timestamp the table now holds, at most
-                            %(upto)s (the run's upper bound) when given
-  prune_<child>.sql         (optional, nested entities) removes the children the upserted parents no longer list
-  summary_<entity>.sql      (optional) figures about the table after the write, for the report (read in the
-                            same transaction, so a dry run shows what the table would hold)
+where the sync has its own file for a step (include/sql/<sync>/<step>_<entity>.sql, taking the same figures'
+names), because it does something else there (Portail DF's kind mapping in upsert_users.sql):
+  stage_<entity>.sql        <entity>_raw -> <entity>_delta; returns received/staged/quarantined/duplicates
+  upsert_<entity>.sql       <entity>_delta -> <entity>; returns inserted/updated/unchanged
+  mark_deleted_<entity>.sql (full reads) the deletion policy; returns marked and/or removed, active_before
+  prune_<child>.sql         the children the upserted parents no longer list; returns marked or removed
+  watermark_<entity>.sql    the newest source timestamp the table holds, at most %(upto)s
+  summary_<entity>.sql      (optional, never generated) figures about the table after the write, for the report
+                            (read in the same transaction, so a dry run shows what the table would hold)
 
 Runs of a sync may overlap (backfills, a manual run during a scheduled one) and share <entity>_raw and
 <entity>_delta. So stage and upsert each hold a per-entity lock for their transaction, stage records in the
@@ -89,24 +85,22 @@ class DeltaNotStagedError(Exception):
 
 def stage(
     db: TargetDb,
-    entity: Entity | str,
+    entity: Entity,
     prefixes: str | ObjectStoragePath | Sequence[str],
     run_id: str,
-    children: Sequence[str] = (),
     params: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """COPY the records staged under one or more prefixes into <entity>_raw, then project them into
-    <entity>_delta (and the deltas of its children, records nested in the entity's: a declaration's, or the
-    named `children`), in one transaction. The tables, staged_deltas and the functions stage statements use
-    are made beforehand (dag_parts.create_tables). `params` go to a stage_<entity>.sql with run_id and entity
-    (e.g. a window, a time zone)."""
+    <entity>_delta (and the deltas of its children, records nested in the entity's), in one transaction. The
+    tables, staged_deltas and the functions stage statements use are made beforehand (dag_parts.create_tables).
+    `params` go to a sync's own stage_<entity>.sql, with run_id and entity."""
     if isinstance(prefixes, str | ObjectStoragePath):
         prefixes = [prefixes]
     prefixes = [str(p) for p in prefixes]
-    name, children = _names(entity, children)
+    name, children = entity.name, [c.name for c in entity.children]
     with db.transaction() as cur:
         cur.execute(LOCK, (name,))
-        counts = _stage(db, cur, entity, prefixes, run_id, children, params or {})
+        counts = _stage(db, cur, entity, prefixes, run_id, params or {})
         cur.execute(
             "DELETE FROM staged_deltas WHERE (entity = %(entity)s AND run_id = %(run_id)s) "
             f"OR staged_at < now() - interval '{RETENTION}'",
@@ -128,20 +122,13 @@ def stage(
     return counts
 
 
-def _names(entity: Entity | str, children: Sequence[str] = ()) -> tuple[str, list[str]]:
-    """The entity's table and its children's."""
-    if isinstance(entity, str):
-        return entity, list(children)
-    return entity.name, [c.name for c in entity.children]
-
-
 def _step(
-    db: TargetDb, cur: Any, step: str, entity: Entity | str, params: dict[str, Any] | None, generate: Any
+    db: TargetDb, cur: Any, step: str, entity: Entity, params: dict[str, Any] | None, generate: Any
 ) -> dict[str, Any]:
-    """One step's statement: the sync's <step>_<entity>.sql when it has one (always for an entity given by
-    name), else the one `generate()` builds from the declaration. Its first row, as a dict."""
-    name = f"{step}_{entity if isinstance(entity, str) else entity.name}"
-    if isinstance(entity, str) or db.has_sql(name):
+    """One step's statement: the sync's <step>_<entity>.sql when it has one, else the one `generate()` builds
+    from the declaration. Its first row, as a dict."""
+    name = f"{step}_{entity.name}"
+    if db.has_sql(name):
         return db.run(cur, name, params)
     cur.execute(generate())
     return dict(zip([c.name for c in cur.description], cur.fetchone(), strict=True))
@@ -150,14 +137,13 @@ def _step(
 def _stage(
     db: TargetDb,
     cur: Any,
-    entity: Entity | str,
+    entity: Entity,
     prefixes: Sequence[str],
     run_id: str,
-    children: Sequence[str],
     stage_params: dict[str, Any],
 ) -> dict[str, Any]:
     """Empty the entity's raw and delta tables and fill them with this run's staged records."""
-    entity_name = _names(entity)[0]
+    entity_name, children = entity.name, [c.name for c in entity.children]
     raw, suspect = sql.Identifier(f"{entity_name}_raw"), sql.Identifier(f"{entity_name}_suspect")
     deltas = [sql.Identifier(f"{name}_delta") for name in (entity_name, *children)]
     params = {"run_id": run_id, "entity": entity_name}
@@ -232,10 +218,10 @@ def _delta_rows(cur: Any, entity: str, children: Sequence[str]) -> dict[str, int
     return dict(zip(names, cur.fetchone(), strict=True))
 
 
-def _own_delta(db: TargetDb, cur: Any, entity_or_name: Entity | str, run_id: str) -> dict[str, Any] | None:
+def _own_delta(db: TargetDb, cur: Any, declared: Entity, run_id: str) -> dict[str, Any] | None:
     """Make sure <entity>_delta holds what this run's stage produced; rebuild it if not. Returns the rebuilt
     delta's stage counts (None when it was intact). Under the entity's lock."""
-    entity = _names(entity_or_name)[0]
+    entity = declared.name
     cur.execute(
         "SELECT run_id, prefixes, children, params, row_counts FROM staged_deltas WHERE entity = %s "
         "ORDER BY (run_id = %s) DESC, id DESC",
@@ -251,7 +237,7 @@ def _own_delta(db: TargetDb, cur: Any, entity_or_name: Entity | str, run_id: str
         return None
     why = f"run {holder} staged since" if holder != run_id else "its rows were lost (a database restart?)"
     log.warning("%s_delta no longer holds what this run staged (%s): staging it again", entity, why)
-    counts = _stage(db, cur, entity_or_name, prefixes, run_id, children, stage_params)
+    counts = _stage(db, cur, declared, prefixes, run_id, stage_params)
     if _delta_rows(cur, entity, children) != row_counts:
         raise RuntimeError(
             f"{entity}: staging run {run_id} again gave other row counts than its stage "
@@ -266,13 +252,12 @@ def _own_delta(db: TargetDb, cur: Any, entity_or_name: Entity | str, run_id: str
 
 def upsert(
     db: TargetDb,
-    entity: Entity | str,
+    entity: Entity,
     *,
     run_id: str,
     full_refresh: bool = False,
     max_delete_share: float = 0.10,
     dry_run: bool = False,
-    children: Sequence[str] = (),
     scope: dict[str, Any] | None = None,
     fetch_started: float | None = None,
     moves_watermark: bool = True,
@@ -289,26 +274,22 @@ def upsert(
     `moves_watermark`: report the watermark (only runs that read everything since the last one may);
     `watermark_upto`: the run's upper bound, above which a source timestamp is not trusted as a watermark.
     """
-    name, children = _names(entity, children)
-    child_entities = {c.name: c for c in getattr(entity, "children", ())}
+    name = entity.name
     delete = functools.partial(delete_sql, quarantine=_quarantine(db))  # never a record this run quarantined
     with db.transaction() as cur:
         cur.execute(LOCK, (name,))
         restaged = _own_delta(db, cur, entity, run_id)
         counts = _upsert_one(db, cur, entity)
-        for child in children:
-            declared = child_entities.get(child)
-            written = _upsert_one(db, cur, declared or child)
+        for child in entity.children:
+            written = _upsert_one(db, cur, child)
             # The parents' records list all their children: the others go, by the child's deletion policy.
-            if declared is not None and declared.deletion != "none":
-                gone = _step(db, cur, "prune", declared, None, lambda c=declared: delete(c, run_id, parent=entity))
-                counted = "removed" if declared.deletion == "remove" else "marked"
+            if child.deletion != "none":
+                gone = _step(db, cur, "prune", child, None, lambda c=child: delete(c, run_id, parent=entity))
+                counted = "removed" if child.deletion == "remove" else "marked"
                 written[counted] = gone[counted]
-            elif declared is None and db.has_sql(f"prune_{child}"):
-                written.update(db.run(cur, f"prune_{child}"))
-            counts.update({f"{child}_{k}": v for k, v in written.items()})
+            counts.update({f"{child.name}_{k}": v for k, v in written.items()})
         counts["marked_deleted"] = counts["removed"] = 0
-        if full_refresh and not (isinstance(entity, Entity) and entity.deletion == "none"):
+        if full_refresh and entity.deletion != "none":
             params = {"run_id": run_id, "entity": name, "fetch_started": fetch_started, **(scope or {})}
             gone = _step(
                 db,
@@ -328,7 +309,7 @@ def upsert(
                     f"max_delete_share."
                 )
             counts["marked_deleted"], counts["removed"] = gone.get("marked", 0), gone.get("removed", 0)
-        if moves_watermark and (db.has_sql(f"watermark_{name}") or getattr(entity, "cursor", None)):
+        if moves_watermark and (entity.cursor or db.has_sql(f"watermark_{name}")):
             counts.update(
                 _step(
                     db,
@@ -350,48 +331,5 @@ def upsert(
     return counts
 
 
-def _upsert_one(db: TargetDb, cur: Any, entity: Entity | str) -> dict[str, Any]:
-    """The sync's upsert_<entity>.sql when it has one, else the declaration's upsert, else (an entity by name)
-    the generic upsert by id of every <entity>_delta column."""
-    if isinstance(entity, Entity):
-        return _step(db, cur, "upsert", entity, None, lambda: upsert_sql(entity))
-    if db.has_sql(f"upsert_{entity}"):
-        return db.run(cur, f"upsert_{entity}")
-    cur.execute(
-        "SELECT array_agg(column_name::text ORDER BY ordinal_position) FROM information_schema.columns "
-        "WHERE table_schema = current_schema() AND table_name = %s AND column_name <> 'ingested_at'",
-        (f"{entity}_delta",),
-    )
-    columns = cur.fetchone()[0]
-    if not columns or "id" not in columns:
-        raise ValueError(f"{entity}_delta: no such table with an id column in schema {db.schema}")
-    cur.execute(generic_upsert(entity, columns))
-    return dict(zip([c.name for c in cur.description], cur.fetchone(), strict=True))
-
-
-def generic_upsert(entity: str, columns: list[str]) -> sql.Composed:
-    """Insert new rows and update the rows whose values differ; ingested_at says when a row was last written."""
-    table, delta = sql.Identifier(entity), sql.Identifier(f"{entity}_delta")
-    cols = sql.SQL(", ").join(map(sql.Identifier, columns))
-    old = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in columns)
-    new = sql.SQL(", ").join(sql.SQL("d.{}").format(sql.Identifier(c)) for c in columns)
-    assign = sql.SQL(", ").join(sql.SQL("{0} = excluded.{0}").format(sql.Identifier(c)) for c in columns if c != "id")
-    return sql.SQL(GENERIC_UPSERT).format(table=table, delta=delta, cols=cols, old=old, new=new, assign=assign)
-
-
-GENERIC_UPSERT = """
-WITH changed AS (
-    SELECT d.* FROM {delta} d LEFT JOIN {table} t ON t.id = d.id
-    WHERE t.id IS NULL OR ({old}) IS DISTINCT FROM ({new})
-),
-written AS (
-    INSERT INTO {table} AS t ({cols}, ingested_at)
-    SELECT {cols}, now() FROM changed
-    ON CONFLICT (id) DO UPDATE SET {assign}, ingested_at = excluded.ingested_at
-    RETURNING xmax = 0 AS inserted
-)
-SELECT count(*) FILTER (WHERE inserted) AS inserted,
-       count(*) FILTER (WHERE NOT inserted) AS updated,
-       (SELECT count(*) FROM {delta}) - count(*) AS unchanged
-FROM written
-"""
+def _upsert_one(db: TargetDb, cur: Any, entity: Entity) -> dict[str, Any]:
+    return _step(db, cur, "upsert", entity, None, lambda: upsert_sql(entity))
