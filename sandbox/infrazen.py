@@ -23,6 +23,7 @@ import base64
 import dataclasses
 import hashlib
 import hmac
+import itertools
 import json
 import math
 import random
@@ -210,9 +211,12 @@ class InfraZenData:
         self.accounts: dict[str, dict[str, dict]] = {kind: {} for kind in PROVIDERS}
         self._account_of: dict[int, str] = {}
         for p in self._providers:
-            arnd = random.Random(f"infrazen:{self.seed}:account:{p['id']}")
             build = {"yandex": self._yandex, "selectel": self._selectel, "beget": self._beget}[p["provider_type"]]
-            account, credentials = build(arnd, p, big=p["id"] == big)
+            for attempt in itertools.count():  # an account id drawn twice (a Beget login...): draw again
+                arnd = random.Random(f"infrazen:{self.seed}:account:{p['id']}" + (f":{attempt}" if attempt else ""))
+                account, credentials = build(arnd, p, big=p["id"] == big)
+                if account["account_id"] not in self.accounts[p["provider_type"]]:
+                    break
             p["account_id"], p["credentials"] = account["account_id"], credentials
             self._account_of[p["id"]] = account["account_id"]
             if p["id"] in self.bad_provider_ids:
