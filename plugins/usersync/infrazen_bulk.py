@@ -192,7 +192,7 @@ def sync_chunk(db: TargetDb, chunk: str, prefix: ObjectStoragePath, num_workers:
     with db.transaction() as cur:
         cur.execute(db.sql("chunk_credentials"), {"provider_ids": provider_ids})
         credentials = {pid: text for pid, _, text in cur.fetchall()}
-    mask_secrets(s for text in credentials.values() for s in credential_secrets(text))
+    mask_secrets(s for text in credentials.values() for s in credential_secrets(text))  # all at once: one regex
     settings = {kind: provider_settings(kind) for kind in {p["type"] for u in users for p in u["providers"]}}
     started = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="infrazen") as pool:
