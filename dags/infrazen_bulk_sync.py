@@ -12,9 +12,9 @@ Daily at 02:00 UTC (`sync_type` scheduled), or triggered from the UI (manual) or
    time per chunk, each provider account under its own rate limit, every list paged to the end, staged as JSON;
 4. write each chunk in one transaction: COPY -> `resources_delta` -> one upsert of the changed resources (bad
    records quarantined; resources a provider no longer lists marked inactive, unless its read failed or was
-   partial) -> per user a `complete_syncs` row with its `sync_snapshots` and `provider_sync_references` (failed
-   providers too, with their real error) -> `cloud_providers.last_sync/sync_status/sync_error`. A user whose
-   write fails is rolled back alone;
+   partial; their `resource_tags`) -> per user a `complete_syncs` row with its `sync_snapshots` and
+   `provider_sync_references` (failed providers too, with their real error), each snapshot's `resource_states`
+   -> `cloud_providers.last_sync/sync_status/sync_error`. A user whose write fails is rolled back alone;
 5. report (task log, XCom, `sync_runs`): totals and one line per user. The run then fails if any user failed.
 
 `dry_run` lists who would be synced, with provider counts, and writes nothing.

@@ -23,6 +23,7 @@ import base64
 import dataclasses
 import hashlib
 import hmac
+import itertools
 import json
 import math
 import random
@@ -210,9 +211,12 @@ class InfraZenData:
         self.accounts: dict[str, dict[str, dict]] = {kind: {} for kind in PROVIDERS}
         self._account_of: dict[int, str] = {}
         for p in self._providers:
-            arnd = random.Random(f"infrazen:{self.seed}:account:{p['id']}")
             build = {"yandex": self._yandex, "selectel": self._selectel, "beget": self._beget}[p["provider_type"]]
-            account, credentials = build(arnd, p, big=p["id"] == big)
+            for attempt in itertools.count():  # an account id drawn twice (a Beget login...): draw again
+                arnd = random.Random(f"infrazen:{self.seed}:account:{p['id']}" + (f":{attempt}" if attempt else ""))
+                account, credentials = build(arnd, p, big=p["id"] == big)
+                if account["account_id"] not in self.accounts[p["provider_type"]]:
+                    break
             p["account_id"], p["credentials"] = account["account_id"], credentials
             self._account_of[p["id"]] = account["account_id"]
             if p["id"] in self.bad_provider_ids:
@@ -640,6 +644,22 @@ class InfraZenData:
                 self, account
             )
         return sorted(rows, key=lambda r: (r["resource_type"], r["resource_id"]))
+
+    def expected_tags(self, provider_id: int) -> dict[tuple[str, str], dict[str, str]]:
+        """The resource_tags a correct sync stores, by (resource_type, resource_id): Yandex instance labels and
+        the metadata of Selectel's billed servers (Beget has none). Resources without tags are left out."""
+        p = self._providers[provider_id - 1]
+        account = self.account(provider_id)
+        with self._lock:
+            if p["provider_type"] == "yandex":
+                found = [vm for f in account["folders"] for vm in account["instances"].get(f["id"], [])]
+                tags = {("server", vm["id"]): vm.get("labels", {}) for vm in found}
+            elif p["provider_type"] == "selectel":
+                billed = {r["resource_id"] for r in _selectel_rows(self, account)}
+                tags = {("server", s["id"]): s.get("metadata", {}) for s in account["servers"] if s["id"] in billed}
+            else:
+                tags = {}
+        return {key: {k: str(v) for k, v in t.items()} for key, t in tags.items() if t}
 
     def expected_total(self, provider_id: int) -> float:
         return round(sum(r["daily_cost"] for r in self.expected_resources(provider_id)), 2)

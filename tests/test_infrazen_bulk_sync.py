@@ -75,6 +75,30 @@ def outcome(sql, user_id: int) -> tuple:
     )[0]
 
 
+def stored_tags(sql, provider_id: int) -> dict[tuple[str, str], dict[str, str]]:
+    tags: dict[tuple[str, str], dict[str, str]] = {}
+    for kind, rid, key, value in sql(
+        f"SELECT r.resource_type, r.resource_id, t.tag_key, t.tag_value FROM {SCHEMA}.resource_tags t "
+        f"JOIN {SCHEMA}.resources r ON r.id = t.resource_id WHERE r.provider_id = %s",
+        (provider_id,),
+    ):
+        tags.setdefault((kind, rid), {})[key] = value
+    return tags
+
+
+def latest_states(sql, provider_id: int) -> list[dict]:
+    """The resource_states of the provider's last sync_snapshots row, as expected_resources() plus the action."""
+    rows = sql(
+        f"SELECT s.provider_resource_id, s.resource_type, s.resource_name, s.region, s.status, s.effective_cost, "
+        f"s.state_action FROM {SCHEMA}.resource_states s JOIN {SCHEMA}.resources r ON r.id = s.resource_id "
+        f"AND r.resource_id = s.provider_resource_id AND r.resource_type = s.resource_type AND r.provider_id = %s "
+        f"WHERE s.sync_snapshot_id = (SELECT max(id) FROM {SCHEMA}.sync_snapshots WHERE provider_id = %s) "
+        "ORDER BY s.resource_type, s.provider_resource_id",
+        (provider_id, provider_id),
+    )
+    return [dict(zip((*FIELDS, "state_action"), row, strict=True)) for row in rows]
+
+
 def synced_users(data) -> list[int]:
     return [u for u in data.eligible_users() if data.eligible_providers(u)]
 
@@ -103,6 +127,11 @@ def test_every_eligible_user_synced_as_the_ground_truth(infrazen, sql, caplog):
     for pid in expected:
         if pid != bad:
             assert stored(sql, pid) == data.expected_resources(pid), pid
+            # resource_states: the snapshot's state of every resource it found; resource_tags: labels, metadata.
+            assert latest_states(sql, pid) == [{**r, "state_action": "created"} for r in data.expected_resources(pid)]
+            assert stored_tags(sql, pid) == data.expected_tags(pid), pid
+    assert sum(len(data.expected_tags(pid)) for pid in expected if pid != bad) > 10
+    assert sql(f"SELECT count(*) FROM {SCHEMA}.resource_states") == sql(f"SELECT count(*) FROM {SCHEMA}.resources")
     # More than 100 VMs in one Yandex folder, paged 50 at a time: all stored.
     assert len(stored(sql, data.big_folder_provider_id)) >= BIG > 100
 
@@ -140,13 +169,34 @@ def test_every_eligible_user_synced_as_the_ground_truth(infrazen, sql, caplog):
         assert not [s for s in secrets if s in text]
     assert "@" not in "\n".join(reported["users"])  # no emails in the report lines
 
-    # A re-run over unchanged provider data writes no resource row.
+    # A re-run over unchanged provider data writes no resource or tag row; its snapshots' states say unchanged.
     before = sql(f"SELECT max(updated_at), count(*) FROM {SCHEMA}.resources")
+    tags_before = sql(f"SELECT id, xmin::text FROM {SCHEMA}.resource_tags ORDER BY id")
     run, states = run_dag(DAG)
     assert str(run.state) == "success", states
     again = xcom(run, "report_run")
     assert (again["inserted"], again["updated"], again["marked_deleted"]) == (0, 0, 0)
     assert sql(f"SELECT max(updated_at), count(*) FROM {SCHEMA}.resources") == before
+    assert sql(f"SELECT id, xmin::text FROM {SCHEMA}.resource_tags ORDER BY id") == tags_before
+    for pid in expected:
+        if pid != bad:
+            assert latest_states(sql, pid) == [{**r, "state_action": "unchanged"} for r in data.expected_resources(pid)]
+
+    # VMs started or stopped on the provider's side: updated, with what changed.
+    mutated = infrazen.control("mutate", {"k": 6})["ids"]  # some may be accounts no eligible provider syncs
+    synced_ids = {r["resource_id"] for pid in expected if pid != bad for r in data.expected_resources(pid)}
+    hits = sorted(set(mutated) & synced_ids)
+    assert hits
+    run, states = run_dag(DAG)
+    assert str(run.state) == "success", states
+    assert xcom(run, "report_run")["updated"] == len(hits)
+    changed = sql(
+        f"SELECT provider_resource_id, has_status_change, has_cost_change, has_config_change, "
+        f"previous_state ->> 'status', current_state ->> 'status', changes_detected -> 'status' ->> 'to' "
+        f"FROM {SCHEMA}.resource_states WHERE state_action = 'updated' ORDER BY provider_resource_id"
+    )
+    assert [row[0] for row in changed] == hits
+    assert all(row[1:4] == (True, True, False) and row[4] != row[5] == row[6] for row in changed), changed
 
 
 def _secrets(credentials: dict) -> list[str]:
@@ -278,3 +328,7 @@ def test_a_resource_no_longer_listed_is_marked_inactive_unless_its_read_failed(i
     assert str(run.state) == "success", states
     assert sql(f"SELECT count(*) FROM {SCHEMA}.resources WHERE resource_id LIKE 'gone-%%' AND is_active") == [(0,)]
     assert xcom(run, "report_run")["marked_deleted"] == 2
+    assert sql(
+        f"SELECT provider_resource_id, has_status_change, current_state -> 'is_active' FROM {SCHEMA}.resource_states "
+        f"WHERE state_action = 'deleted' ORDER BY 1"
+    ) == [("gone-1", True, False), ("gone-2", True, False)]

@@ -30,10 +30,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from airflow.sdk.log import mask_secret
-
 from usersync.api import ApiClient, ApiError, AuthError
 from usersync.auth import RenewableToken
+from usersync.masking import mask_secrets
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +146,7 @@ class IamToken(RenewableToken):
             raise AuthError("Yandex credentials hold neither service_account_key nor oauth_token")
         answer = client.obtain_token(self.url, json=body)
         self.token = answer["iamToken"]
-        mask_secret(self.token)
+        mask_secrets([self.token])
         life = max(0.0, _expires_in(answer["expiresAt"]))
         self.renew_at = time.monotonic() + life - min(300.0, life / 10)
         client.stats.add(token_renewals=1)
@@ -268,7 +267,7 @@ class KeystoneToken(RenewableToken):
         self.token = response.headers.get("X-Subject-Token")
         if response.status_code != 201 or not self.token:
             raise AuthError(f"Keystone answered {response.status_code} without X-Subject-Token")
-        mask_secret(self.token)
+        mask_secrets([self.token])
         catalog = response.json()["token"].get("catalog", [])
         self.regions = sorted({e["region"] for s in catalog if s.get("type") == "compute"
                                for e in s.get("endpoints", []) if e.get("interface") == "public"})  # fmt: skip
@@ -416,7 +415,7 @@ class BegetToken(RenewableToken):
         if not isinstance(answer, dict) or not answer.get("token"):  # {"error": …} comes with HTTP 200
             raise AuthError(f"Beget cloud login refused: {(answer or {}).get('error', answer)}")
         self.token = answer["token"]
-        mask_secret(self.token)
+        mask_secrets([self.token])
         client.stats.add(token_renewals=1)
 
 
@@ -573,8 +572,7 @@ def sync_provider(
     started = time.monotonic()
     if isinstance(credentials, str):
         credentials = json.loads(credentials)
-    for secret in _secrets(credentials):
-        mask_secret(secret)
+    mask_secrets(_secrets(credentials))
     http = ApiClient.from_url(
         name=f"infrazen_{provider_type}", rate_limit=rate_limit or DEFAULT_RATE_LIMITS[provider_type],
         timeout=timeout, max_retries=max_retries, backoff=backoff,
@@ -603,6 +601,17 @@ def sync_provider(
         errors=list(getattr(client, "errors", [])), metadata=metadata, stats=http.stats.as_dict(),
         duration=time.monotonic() - started,
     )  # fmt: skip
+
+
+def credential_secrets(credentials: dict | str) -> list[str]:
+    """The secret values of a cloud_providers.credentials (dict or the JSON text the app stores; none when that
+    text is not a JSON object: the provider's sync then fails on it)."""
+    if isinstance(credentials, str):
+        try:
+            credentials = json.loads(credentials)
+        except ValueError:
+            return []
+    return _secrets(credentials) if isinstance(credentials, dict) else []
 
 
 def _secrets(credentials: dict) -> list[str]:

@@ -28,8 +28,15 @@ from airflow.sdk.exceptions import AirflowNotFoundException
 
 from usersync import staging
 from usersync.db import TargetDb
-from usersync.infrazen import DEFAULT_HOSTS, PROVIDER_TYPES, ProviderError, sync_provider
+from usersync.infrazen import (
+    DEFAULT_HOSTS,
+    PROVIDER_TYPES,
+    ProviderError,
+    credential_secrets,
+    sync_provider,
+)
 from usersync.load import COPY_RAW
+from usersync.masking import mask_secrets
 from usersync.report import error_text
 
 log = logging.getLogger(__name__)
@@ -185,6 +192,7 @@ def sync_chunk(db: TargetDb, chunk: str, prefix: ObjectStoragePath, num_workers:
     with db.transaction() as cur:
         cur.execute(db.sql("chunk_credentials"), {"provider_ids": provider_ids})
         credentials = {pid: text for pid, _, text in cur.fetchall()}
+    mask_secrets(s for text in credentials.values() for s in credential_secrets(text))  # all at once: one regex
     settings = {kind: provider_settings(kind) for kind in {p["type"] for u in users for p in u["providers"]}}
     started = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="infrazen") as pool:

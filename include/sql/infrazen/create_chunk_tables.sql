@@ -8,3 +8,9 @@ CREATE TEMP TABLE resources_delta (
     currency text, billing_period text, cost_period text, cost_frequency text, provider_config jsonb, tags jsonb
 ) ON COMMIT DROP;
 CREATE TEMP TABLE written (provider_id int, created int, updated int, deactivated int) ON COMMIT DROP;
+-- What this sync did to each resource, for its provider's resource_states rows (once its snapshot exists).
+CREATE TEMP TABLE resource_changes (
+    provider_id int, resource_pk int, resource_id text, resource_type text, resource_name text, state_action text,
+    previous_state jsonb, current_state jsonb, changes_detected jsonb, status text, region text,
+    effective_cost float8
+) ON COMMIT DROP;

@@ -3,6 +3,7 @@
 -- with its reason instead (one bad record never fails the others).
 DELETE FROM resources_delta;
 DELETE FROM written;
+DELETE FROM resource_changes;
 WITH raw AS (
     SELECT seq, record,
         CASE

@@ -1,7 +1,8 @@
 -- The bookkeeping of the users written now (the users parameter; NULL: all), set-based: per user one complete_syncs row,
--- per provider (failed ones too, with their real error and duration) its sync_snapshots row and its
--- provider_sync_references row, and cloud_providers.last_sync/sync_status/sync_error. Statuses and totals were
--- decided by the sync (usersync.infrazen_bulk); the snapshot's resource counts come from `written`.
+-- per provider (failed ones too, with their real error and duration) its sync_snapshots row, its
+-- provider_sync_references row, its resources' resource_states rows (from resource_changes), and
+-- cloud_providers.last_sync/sync_status/sync_error. Statuses and totals were decided by the sync
+-- (usersync.infrazen_bulk); the snapshot's resource counts come from `written`.
 WITH u AS (
     SELECT (record ->> 'user_id')::int AS user_id, record AS r FROM user_outcomes
     WHERE %(users)s::int[] IS NULL OR (record ->> 'user_id')::int = ANY (%(users)s::int[])
@@ -38,6 +39,20 @@ snap AS (
     FROM p LEFT JOIN written w USING (provider_id)
     RETURNING id, provider_id
 ),
+states AS (  -- per resource of a provider read now: what this sync did to it (resource_changes)
+    INSERT INTO resource_states (
+        sync_snapshot_id, resource_id, provider_resource_id, resource_type, resource_name, state_action,
+        previous_state, current_state, changes_detected, status, region, effective_cost, has_cost_change,
+        has_status_change, has_config_change)
+    SELECT snap.id, c.resource_pk, c.resource_id, c.resource_type, c.resource_name, c.state_action,
+           c.previous_state, c.current_state, c.changes_detected, c.status, c.region, c.effective_cost,
+           coalesce(c.changes_detected ?| array['effective_cost', 'daily_cost', 'original_cost'], false),
+           coalesce(c.changes_detected ?| array['status', 'is_active'], false),
+           coalesce(c.changes_detected - array['effective_cost', 'daily_cost', 'original_cost', 'status', 'is_active']
+                    <> '{}', false)
+    FROM resource_changes c JOIN snap USING (provider_id)
+    RETURNING 1
+),
 refs AS (
     INSERT INTO provider_sync_references (
         complete_sync_id, provider_id, sync_snapshot_id, sync_order, sync_status, sync_duration_seconds,
@@ -56,5 +71,5 @@ providers AS (
     RETURNING 1
 )
 SELECT cs.user_id, cs.id AS complete_sync_id, cs.sync_status, (SELECT count(*) FROM refs) AS refs,
-       (SELECT count(*) FROM providers) AS providers
+       (SELECT count(*) FROM providers) AS providers, (SELECT count(*) FROM states) AS states
 FROM cs ORDER BY cs.user_id
