@@ -234,3 +234,10 @@ def test_5xx_are_retried_and_slow_answers_time_out(url, data):
         run(url, provider, timeout=0.3, max_retries=1)
     assert error.value.duration >= 0.6 and error.value.stats["retries"] == 1
     assert math.isfinite(error.value.duration)
+
+
+@pytest.mark.parametrize("credentials", ["{not json", "null", '["a list"]', "42"])
+def test_credentials_that_are_not_a_json_object_fail_that_provider_only(credentials):
+    with pytest.raises(ProviderError, match="credentials are not a JSON object") as failed:
+        sync_provider("yandex", credentials, {"iam": "http://127.0.0.1:9", "api": "http://127.0.0.1:9"})
+    assert failed.value.connection  # a provider outcome ("Connection failed: ..."), not a crash of the chunk

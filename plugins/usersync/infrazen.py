@@ -571,7 +571,12 @@ def sync_provider(
         raise ProviderError(f"unknown provider type {provider_type!r}", connection=True)
     started = time.monotonic()
     if isinstance(credentials, str):
-        credentials = json.loads(credentials)
+        try:
+            credentials = json.loads(credentials)
+        except ValueError:
+            credentials = None
+    if not isinstance(credentials, dict):  # the app's column is text: one bad row must not fail the chunk
+        raise ProviderError("Connection failed: credentials are not a JSON object", connection=True)
     mask_secrets(_secrets(credentials))
     http = ApiClient.from_url(
         name=f"infrazen_{provider_type}", rate_limit=rate_limit or DEFAULT_RATE_LIMITS[provider_type],
