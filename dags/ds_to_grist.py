@@ -212,11 +212,10 @@ def build(config: ds_grist.Config):
                 ds_grist.TABLES[k.split(".")[0]][0] + (".removed" if k.endswith("remove") else ".to_write"): n
                 for k, n in loaded["pending"].items()
             }
-            run = report.build_report(
-                dag_id=dag_run.dag_id,
-                run_id=dag_run.run_id,
+            return report.close_run(
+                db,
+                dag_run,
                 dry_run=params["dry_run"],
-                started_at=dag_run.start_date,
                 mode="full" if fetched["since"] is None else "incremental",
                 since=fetched["since"],
                 fetched=fetched["fetched"],
@@ -240,8 +239,6 @@ def build(config: ds_grist.Config):
                 throttled=ds_api.get("throttled", 0) + grist_api.get("throttled", 0),
                 watermark=None if params["dry_run"] else fetched["watermark"],
             )
-            staging.clean_up(dag_run.dag_id, dag_run.run_id)
-            return report.publish(db, run)
 
         matched = match_grist_schema()
         fetched = fetch_dossiers()

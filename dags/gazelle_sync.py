@@ -173,18 +173,15 @@ def gazelle_sync():
             key: sum(figures.get(key, 0) for figures in per_entity.values())
             for key in ("fetched", "inserted", "updated", "unchanged", "quarantined", "api_calls", "throttled")
         }
-        run = report.build_report(
-            dag_id=dag_run.dag_id,
-            run_id=dag_run.run_id,
+        return report.close_run(
+            db,
+            dag_run,
             dry_run=params["dry_run"],
-            started_at=dag_run.start_date,
             mode="appointments" if entities == ["appointments"] else "full",
             **totals,
             **per_entity,
             failed=failed,
         )
-        staging.clean_up(dag_run.dag_id, dag_run.run_id)
-        return report.publish(db, run)
 
     plan = choose_what_to_fetch()
     declared = {name: stream.entity for name, stream in gazelle.STREAMS.items()}

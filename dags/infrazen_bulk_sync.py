@@ -157,8 +157,10 @@ def infrazen_bulk_sync():
             [u for chunk in written for u in chunk["users"]] + selected["skipped"], key=lambda u: u["user_id"]
         )
         counts = {s: sum(u["status"] == s for u in users) for s in ("success", "failed", "skipped")}
-        run = report.build_report(
-            dag_id=dag_run.dag_id, run_id=dag_run.run_id, dry_run=params["dry_run"], started_at=dag_run.start_date,
+        return report.close_run(
+            db,
+            dag_run,
+            dry_run=params["dry_run"],
             mode="scheduled" if dag_run.run_type == "scheduled" else params["sync_type"],
             message=(f"Bulk sync completed: {counts['success']} successful, {counts['failed']} failed, "
                      f"{counts['skipped']} skipped"),
@@ -175,8 +177,6 @@ def infrazen_bulk_sync():
                 "summary": f"{len(selected['would_sync'])} users with providers, {counts['skipped']} would be "
                            "skipped"} if params["dry_run"] else {}),
         )  # fmt: skip
-        staging.clean_up(dag_run.dag_id, dag_run.run_id)
-        return report.publish(db, run)
 
     @task
     def check_users(reported: dict) -> None:

@@ -84,12 +84,11 @@ def intra42_users():
 
     @task
     def report_run(window: dict, fetched: dict, staged: dict, written: dict, params=None, dag_run=None) -> dict:
-        run = report.build_report(
-            dag_id=dag_run.dag_id,
-            run_id=dag_run.run_id,
+        return report.close_run(
+            db,
+            dag_run,
             mode=window["mode"],
             dry_run=params["dry_run"],
-            started_at=dag_run.start_date,
             window=window.get("why"),
             fetched=fetched["records"],
             pages=fetched["pages"],
@@ -99,8 +98,6 @@ def intra42_users():
             throttled=fetched["throttled"],
             retries=fetched["retries"],
         )
-        staging.clean_up(dag_run.dag_id, dag_run.run_id)
-        return report.publish(db, run)
 
     window = pipeline.choose_what_to_fetch(db)
     pipeline.preflight(db, api_available, entities=[USERS]) >> window

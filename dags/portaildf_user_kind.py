@@ -113,11 +113,10 @@ def portaildf_user_kind():
         chunks = list(looked_up)
         calls = sum(c["api_calls"] for c in chunks)
         seconds = sum(c["duration_s"] for c in chunks)
-        run = report.build_report(
-            dag_id=dag_run.dag_id,
-            run_id=dag_run.run_id,
+        return report.close_run(
+            db,
+            dag_run,
             dry_run=params["dry_run"],
-            started_at=dag_run.start_date,
             mode="only_missing" if params["only_missing"] else "all",
             processed=sum(c["records"] for c in chunks),
             chunks=len(chunks),
@@ -136,8 +135,6 @@ def portaildf_user_kind():
             not_found_ids=written["not_found_ids"],
             failures=written["failures"],
         )
-        staging.clean_up(dag_run.dag_id, dag_run.run_id)
-        return report.publish(db, run)
 
     chunks = select_users()
     # The application owns `users`: this sync checks it and makes only its own users_delta (and users_raw).

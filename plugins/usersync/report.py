@@ -11,6 +11,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+from usersync import staging
 from usersync.db import TargetDb
 from usersync.sink import Bookkeeping
 
@@ -113,6 +114,20 @@ def record_run(db: TargetDb, report: dict[str, Any]) -> None:
             "report": json.dumps(report, default=str),
         },
     )
+
+
+def close_run(db: TargetDb, dag_run: Any, *, mode: str, dry_run: bool, **figures: Any) -> dict[str, Any]:
+    """How every run ends: its report built (build_report), its staging files removed, the report published."""
+    report = build_report(
+        dag_id=dag_run.dag_id,
+        run_id=dag_run.run_id,
+        mode=mode,
+        dry_run=dry_run,
+        started_at=dag_run.start_date,
+        **figures,
+    )
+    staging.clean_up(dag_run.dag_id, dag_run.run_id)
+    return publish(db, report)
 
 
 def publish(db: TargetDb, report: dict[str, Any]) -> dict[str, Any]:
