@@ -10,6 +10,10 @@ email: the stage reads it from the application's users. It stages as the hand-wr
 (tests/reference_sql/portaildf) but in two corners lookup_user never produces: a found answer whose `record`
 is not an object is refused for "exterieur: missing or not a boolean" (not "record: ..."), and id_user is
 checked whatever the outcome (the hand-written SQL failed on a bad one outside a found answer).
+
+INFRAZEN_RESOURCES is the InfraZen bulk sync's resources (usersync.infrazen_bulk), staged into the chunk's
+resources_delta; `resources` is the application's, written by infrazen/write_resources.sql. A record the
+table cannot hold (a value longer than its varchar, a cost not a number) is quarantined, not written.
 """
 
 from __future__ import annotations
@@ -83,4 +87,50 @@ PORTAILDF_LOOKUPS = Entity(
     ),
     owned=False,
     join="LEFT JOIN users AS app_user ON app_user.id::text = record->>'user_id'",  # a hash join, not a lookup per row
+)
+
+
+def _or_default(name: str, default: str, max_length: int, *, if_empty: bool = False) -> Column:
+    """A text value that is `default` (trusted SQL) when missing (or empty, `if_empty`); refused when longer
+    than the application's varchar."""
+    value = f"record->>'{name}'"
+    given = f"nullif({value}, '')" if if_empty else value
+    return Column(
+        name,
+        expression=f"coalesce({given}, {default})",
+        condition=f"coalesce(length({value}), 0) <= {max_length}",
+        refusal=f"{name}: longer than {max_length}",
+    )
+
+
+INFRAZEN_RESOURCES = Entity(
+    "resources",
+    key=("provider_id", "resource_id", "resource_type"),
+    columns=(
+        Column("user_id", "integer", required=True),
+        Column("provider_id", "integer", required=True),
+        Column("resource_id", required=True, check=".", max_length=100),  # an empty id is refused
+        Column("resource_type", required=True, check=".", max_length=50),
+        _or_default("resource_name", "record->>'resource_id'", 255, if_empty=True),
+        _or_default("service_name", "''", 100),
+        _or_default("region", "'global'", 100, if_empty=True),
+        Column("status", max_length=50),
+        Column("external_ip", max_length=45),
+        Column("effective_cost", "double precision"),
+        Column("daily_cost", "double precision"),
+        Column("original_cost", "double precision"),
+        _or_default("currency", "'RUB'", 10),
+        Column("billing_period", max_length=20),
+        Column("cost_period", max_length=20),
+        Column("cost_frequency", max_length=20),
+        Column("provider_config", "jsonb", expression="coalesce(nullif(record->'provider_config', 'null'), '{}')"),
+        Column(
+            "tags",
+            "jsonb",
+            expression="coalesce(nullif(record->'tags', 'null'), '{}')",
+            condition="coalesce(jsonb_typeof(record->'tags'), 'null') IN ('object', 'null')",
+            refusal="tags: not an object",
+        ),
+    ),
+    owned=False,
 )

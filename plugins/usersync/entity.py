@@ -44,6 +44,7 @@ TYPES: dict[str, tuple[str | None, str, str | None]] = {
     "bigint": ("number", "an integer", None),
     "integer": ("number", "an integer", None),
     "numeric": ("number", "a number", None),
+    "double precision": ("number", "a number", None),
     "boolean": ("boolean", "a boolean", None),
     "text": ("string", "a string", None),
     "date": ("string", "an ISO 8601 date", f"^{_DATE}$"),

@@ -25,9 +25,12 @@ from typing import Any
 import psycopg
 from airflow.sdk import BaseHook, ObjectStoragePath
 from airflow.sdk.exceptions import AirflowNotFoundException
+from psycopg import sql
 
 from usersync import staging
 from usersync.db import TargetDb
+from usersync.entities import INFRAZEN_RESOURCES
+from usersync.entity import stage_sql
 from usersync.infrazen import (
     DEFAULT_HOSTS,
     PROVIDER_TYPES,
@@ -35,7 +38,7 @@ from usersync.infrazen import (
     credential_secrets,
     sync_provider,
 )
-from usersync.load import COPY_RAW
+from usersync.load import COPY_RAW, _quarantine
 from usersync.masking import mask_secrets
 from usersync.report import error_text
 
@@ -250,6 +253,18 @@ def _copy(cur: Any, table: str, path: ObjectStoragePath) -> None:
             copy.write(block)
 
 
+def _stage(db: TargetDb, cur: Any, run_id: str) -> dict[str, Any]:
+    """resources_raw -> resources_delta (a TEMP table of the declared columns), by the statement generated from
+    the declaration: a record the resources table cannot hold is quarantined with its reason, the last record
+    per resource wins. Returns received, staged, quarantined, duplicates."""
+    columns = sql.SQL(", ").join(
+        sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.type)) for c in INFRAZEN_RESOURCES.columns
+    )
+    cur.execute(sql.SQL("CREATE TEMP TABLE resources_delta ({}) ON COMMIT DROP").format(columns))
+    cur.execute(stage_sql(INFRAZEN_RESOURCES, run_id, quarantine=_quarantine(db)))
+    return dict(zip([c.name for c in cur.description], cur.fetchone(), strict=True))
+
+
 def write_chunk(db: TargetDb, prefix: str, *, run_id: str, sync_type: str) -> dict[str, Any]:
     """Write one chunk in one transaction (see the module docstring); returns the users' report lines and the
     resource counts."""
@@ -257,12 +272,14 @@ def write_chunk(db: TargetDb, prefix: str, *, run_id: str, sync_type: str) -> di
     users = staging.read_ndjson(folder / "users.ndjson")
     providers = staging.read_ndjson(folder / "providers.ndjson")
     db_errors: dict[int, str] = {}
-    totals = {"inserted": 0, "updated": 0, "deactivated": 0, "quarantined": 0}
     with db.transaction() as cur:
         run_script(db, cur, "create_chunk_tables", {})
         _copy(cur, "resources_raw", folder / "resources.ndjson")
         _copy(cur, "provider_outcomes", folder / "providers.ndjson")
         _copy(cur, "user_outcomes", folder / "users.ndjson")
+
+        staged = _stage(db, cur, run_id)  # every record checked (and quarantined) once, whatever follows
+        totals = {"inserted": 0, "updated": 0, "deactivated": 0}
 
         def write(user_ids: list[int] | None) -> None:
             # Only providers read completely may lose resources (their users' only: the delta holds no other).
@@ -272,11 +289,9 @@ def write_chunk(db: TargetDb, prefix: str, *, run_id: str, sync_type: str) -> di
                 if p["status"] == "success" and p["complete"] and (user_ids is None or p["user_id"] in user_ids)
             ]
             params = {"users": user_ids, "run_id": run_id, "sync_type": sync_type, "complete": complete}
-            staged = run_script(db, cur, "stage_resources", params)[0]
             counts = run_script(db, cur, "write_resources", params)[0]
             run_script(db, cur, "write_syncs", params)
-            totals["quarantined"] += staged["quarantined"]
-            for key in ("inserted", "updated", "deactivated"):
+            for key in totals:
                 totals[key] += counts[key]
 
         cur.execute("SAVEPOINT chunk")
@@ -306,7 +321,7 @@ def write_chunk(db: TargetDb, prefix: str, *, run_id: str, sync_type: str) -> di
                       "providers": user["providers"], "successful_providers": user["successful"],
                       "failed_providers": user["failed"], "resources": user["resources"],
                       "daily_cost": user["daily_cost"], "duration_s": user["seconds"], "error": error})  # fmt: skip
-    return {"users": lines, **totals}
+    return {"users": lines, **totals, "quarantined": staged["quarantined"]}
 
 
 def user_line(u: dict) -> str:

@@ -1,12 +1,8 @@
--- One chunk's staged records, for its transaction only: a resource per line, an outcome per provider and user.
+-- One chunk's staged records, for its transaction only: a resource per line, an outcome per provider and user
+-- (resources_delta is made from the declaration: usersync.infrazen_bulk._stage).
 CREATE TEMP TABLE resources_raw (seq bigint GENERATED ALWAYS AS IDENTITY, record jsonb NOT NULL) ON COMMIT DROP;
 CREATE TEMP TABLE provider_outcomes (record jsonb NOT NULL) ON COMMIT DROP;
 CREATE TEMP TABLE user_outcomes (record jsonb NOT NULL) ON COMMIT DROP;
-CREATE TEMP TABLE resources_delta (
-    user_id int, provider_id int, resource_id text, resource_type text, resource_name text, service_name text,
-    region text, status text, external_ip text, effective_cost float8, daily_cost float8, original_cost float8,
-    currency text, billing_period text, cost_period text, cost_frequency text, provider_config jsonb, tags jsonb
-) ON COMMIT DROP;
 CREATE TEMP TABLE written (provider_id int, created int, updated int, deactivated int) ON COMMIT DROP;
 -- What this sync did to each resource, for its provider's resource_states rows (once its snapshot exists).
 CREATE TEMP TABLE resource_changes (

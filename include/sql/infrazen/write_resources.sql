@@ -1,10 +1,16 @@
--- resources_delta -> resources, set-based: inserts the new resources, updates the ones whose values changed
--- (an unchanged resource is not written at all), and marks inactive the resources a provider no longer lists,
--- only for providers read completely (the complete parameter: a failed or partial read proves nothing is gone).
+-- resources_delta -> resources for the users written now (the users parameter; NULL: all), set-based: inserts
+-- the new resources, updates the ones whose values changed (an unchanged resource is not written at all), and
+-- marks inactive the resources a provider no longer lists, only for providers read completely (the complete
+-- parameter: a failed or partial read proves nothing is gone).
 -- A resource's state is the jsonb of its synced values: a resource changed when its state did, and
 -- resource_changes keeps, per resource, what this sync did (created / updated / unchanged / deleted, the state
 -- before and after, the values that changed) for resource_states. Per provider counts go to `written`.
-WITH existing AS (
+DELETE FROM written;
+DELETE FROM resource_changes;
+WITH delta AS (
+    SELECT * FROM resources_delta WHERE %(users)s::int[] IS NULL OR user_id = ANY (%(users)s::int[])
+),
+existing AS (
     SELECT r.id, r.provider_id, r.resource_id, r.resource_type, r.resource_name, r.status, r.region,
            r.effective_cost, r.is_active,
            jsonb_build_object(
@@ -14,14 +20,14 @@ WITH existing AS (
                'billing_period', r.billing_period, 'cost_period', r.cost_period, 'cost_frequency', r.cost_frequency,
                'provider_config', r.provider_config, 'is_active', r.is_active) AS state
     FROM resources r
-    WHERE r.provider_id IN (SELECT provider_id FROM resources_delta UNION SELECT unnest(%(complete)s::int[]))
+    WHERE r.provider_id IN (SELECT provider_id FROM delta UNION SELECT unnest(%(complete)s::int[]))
 ),
 compared AS (
     SELECT d.*, e.id AS pk, e.state AS previous, synced.state,
            (SELECT coalesce(jsonb_object_agg(o.key, jsonb_build_object('from', o.value, 'to', n.value)), '{}')
             FROM jsonb_each(e.state) o JOIN jsonb_each(synced.state) n USING (key)
             WHERE o.value <> n.value) AS changes
-    FROM resources_delta d
+    FROM delta d
     CROSS JOIN LATERAL (SELECT jsonb_build_object(
                'resource_name', d.resource_name, 'service_name', d.service_name, 'region', d.region,
                'status', d.status, 'external_ip', d.external_ip, 'effective_cost', d.effective_cost,
@@ -52,7 +58,7 @@ deactivated AS (
     UPDATE resources r SET is_active = false, last_sync = now(), updated_at = now()
     FROM existing e
     WHERE r.id = e.id AND e.provider_id = ANY (%(complete)s::int[]) AND e.is_active
-      AND NOT EXISTS (SELECT FROM resources_delta d WHERE d.provider_id = e.provider_id
+      AND NOT EXISTS (SELECT FROM delta d WHERE d.provider_id = e.provider_id
                       AND d.resource_id = e.resource_id AND d.resource_type = e.resource_type)
     RETURNING e.*
 ),
@@ -85,14 +91,15 @@ SELECT provider_id, sum(created), sum(updated), sum(deactivated) FROM counts GRO
 DELETE FROM resource_tags t
 USING resources r, resources_delta d
 WHERE t.resource_id = r.id AND r.provider_id = d.provider_id AND r.resource_id = d.resource_id
-  AND r.resource_type = d.resource_type AND NOT d.tags ? t.tag_key;
+  AND r.resource_type = d.resource_type AND NOT d.tags ? t.tag_key
+  AND (%(users)s::int[] IS NULL OR d.user_id = ANY (%(users)s::int[]));
 
 INSERT INTO resource_tags AS t (resource_id, tag_key, tag_value)
 SELECT r.id, tag.key, tag.value
 FROM resources_delta d
 JOIN resources r USING (provider_id, resource_id, resource_type)
 CROSS JOIN LATERAL jsonb_each_text(d.tags) AS tag
-WHERE length(tag.key) <= 100
+WHERE length(tag.key) <= 100 AND (%(users)s::int[] IS NULL OR d.user_id = ANY (%(users)s::int[]))
 ON CONFLICT (resource_id, tag_key) DO UPDATE SET tag_value = EXCLUDED.tag_value, updated_at = now()
 WHERE t.tag_value IS DISTINCT FROM EXCLUDED.tag_value;
 
