@@ -326,7 +326,7 @@ def test_each_rule_quarantines_with_its_reason_and_the_rest_loads(db):
         "n: not an integer": thing(11, n=12345678901),
         "amount: not a number": thing(12, amount="12"),
         "flag: not a boolean": thing(13, flag="true"),
-        "name: not a string": thing(14, name="too long"),
+        "name: not a string of at most 5 characters": thing(14, name="too long"),
         "day: not an ISO 8601 date": thing(15, day="2026-02-30"),
         "at: not an ISO 8601 timestamp": thing(16, at="2026-01-01"),
         "tags: not a list of strings": thing(17, tags=["x", 1]),

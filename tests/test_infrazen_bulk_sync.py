@@ -332,3 +332,66 @@ def test_a_resource_no_longer_listed_is_marked_inactive_unless_its_read_failed(i
         f"SELECT provider_resource_id, has_status_change, current_state -> 'is_active' FROM {SCHEMA}.resource_states "
         f"WHERE state_action = 'deleted' ORDER BY 1"
     ) == [("gone-1", True, False), ("gone-2", True, False)]
+
+
+def test_bad_records_are_quarantined_once_even_when_users_are_written_one_by_one(infrazen, sql, tmp_path):
+    """write_chunk on a hand-made chunk: records the resources table cannot hold are quarantined with their
+    reason (once, though a database error makes the chunk be written user by user), missing values get their
+    defaults, and the failed user's good records are rolled back with it."""
+    from usersync.db import TargetDb
+    from usersync.infrazen_bulk import user_outcome, write_chunk
+
+    data = infrazen.data
+    (kept, kept_pid), (victim, victim_pid) = ((u, data.eligible_providers(u)[0]["id"]) for u in synced_users(data)[:2])
+    quarantine = Path(__file__).parents[1] / "include/sql/common/create_quarantine.sql"
+    sql(f"SET search_path TO {SCHEMA}; {quarantine.read_text()}")
+    sql(f"""CREATE FUNCTION {SCHEMA}.refuse() RETURNS trigger LANGUAGE plpgsql AS
+            $$ BEGIN RAISE EXCEPTION 'disk full (test)'; END $$;
+            CREATE TRIGGER refuse BEFORE INSERT ON {SCHEMA}.complete_syncs FOR EACH ROW
+            WHEN (NEW.user_id = {victim}) EXECUTE FUNCTION {SCHEMA}.refuse()""")
+    good = {"resource_id": "vm-1", "resource_type": "server", "resource_name": "", "region": "", "daily_cost": 1.5}
+    bad = {
+        "too-long": {"resource_id": "x" * 101, "resource_type": "server"},
+        "text-cost": {"resource_id": "text-cost", "resource_type": "server", "daily_cost": "1.5"},
+        "list-tags": {"resource_id": "list-tags", "resource_type": "server", "tags": ["a"]},
+        "no-type": {"resource_id": "no-type"},
+        "long-currency": {"resource_id": "long-currency", "resource_type": "server", "currency": "roubles 1234"},
+    }
+    resources = [{**r, "user_id": kept, "provider_id": kept_pid} for r in (good, *bad.values())]
+    victims_bad = {"resource_id": "victim-bad", "resource_type": "server", "status": "s" * 51}
+    resources += [{**r, "user_id": victim, "provider_id": victim_pid} for r in (good, victims_bad)]
+    (tmp_path / "resources.ndjson").write_text("".join(json.dumps(r) + "\n" for r in resources))
+    now = "2026-11-28T09:00:00+00:00"
+    providers = [
+        {"user_id": u, "provider_id": pid, "sync_order": 1, "type": "yandex", "name": f"p{pid}", "started_at": now,
+         "completed_at": now, "status": "success", "error": None, "duration": 1, "resources": n, "cost": 1.5,
+         "complete": True, "error_details": None, "sync_config": {}}
+        for u, pid, n in ((kept, kept_pid, len(bad) + 1), (victim, victim_pid, 2))
+    ]  # fmt: skip
+    (tmp_path / "providers.ndjson").write_text("".join(json.dumps(p) + "\n" for p in providers))
+    users = [user_outcome({"user_id": p["user_id"]}, [p], now, 1.0) for p in providers]
+    (tmp_path / "users.ndjson").write_text("".join(json.dumps(u) + "\n" for u in users))
+
+    db = TargetDb("infrazen_db", SCHEMA, sync="infrazen")
+    result = write_chunk(db, f"file://{tmp_path}", run_id="run-q", sync_type="manual")
+
+    reasons = sql(f"SELECT record->>'resource_id', reason FROM {SCHEMA}.quarantine WHERE run_id = 'run-q'")
+    assert sorted(reasons) == sorted(
+        [
+            ("x" * 101, "resource_id: missing or not a string of at most 100 characters"),
+            ("text-cost", "daily_cost: not a number"),
+            ("list-tags", "tags: not an object"),
+            ("no-type", "resource_type: missing or not a string of at most 50 characters"),
+            ("long-currency", "currency: longer than 10"),
+            ("victim-bad", "status: not a string of at most 50 characters"),  # its user's write failed: kept
+        ]
+    )
+    assert result["quarantined"] == len(bad) + 1 and result["inserted"] == 1
+    assert sql(
+        f"SELECT resource_name, service_name, region, currency, daily_cost FROM {SCHEMA}.resources "
+        "WHERE provider_id = %s AND resource_id = 'vm-1'",
+        (kept_pid,),
+    ) == [("vm-1", "", "global", "RUB", 1.5)]
+    assert sql(f"SELECT count(*) FROM {SCHEMA}.resources WHERE provider_id = %s", (victim_pid,)) == [(0,)]
+    line = next(u for u in result["users"] if u["user_id"] == victim)
+    assert line["status"] == "failed" and "disk full (test)" in line["error"]

@@ -94,6 +94,8 @@ class Column:
         if self.refusal:
             return self.refusal
         what = f"one of {', '.join(self.check)}" if isinstance(self.check, tuple) else TYPES[self.type][1]
+        if self.max_length is not None:
+            what += f" of at most {self.max_length} characters"
         return f"{self.label or self.name}: {'missing or ' if self.required else ''}not {what}"
 
 
