@@ -282,7 +282,7 @@ def write_chunk(db: TargetDb, prefix: str, *, run_id: str, sync_type: str) -> di
         totals = {"inserted": 0, "updated": 0, "deactivated": 0}
 
         def write(user_ids: list[int] | None) -> None:
-            # Only providers read completely may lose resources (their users' only: the delta holds no other).
+            # Only providers read completely may lose resources (of the users written now: those the write reads).
             complete = [
                 p["provider_id"]
                 for p in providers
