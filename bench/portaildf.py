@@ -29,7 +29,6 @@ import json
 import logging
 import math
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -54,11 +53,12 @@ WORK = Path(tempfile.mkdtemp(prefix="usersync-bench-portaildf-"))
 AIRFLOW_HOME = WORK / "airflow"
 STAGING = WORK / "staging"
 
-sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
+sys.path[:0] = [str(ROOT), str(ROOT / "plugins"), str(ROOT / "bench")]
 from tools.airflow_env import airflow_env  # noqa: E402  (imports no Airflow)
 
 os.environ.update(airflow_env(AIRFLOW_HOME, STAGING, log_level="WARNING"))
 
+from _machine import machine  # noqa: E402  (bench/)
 from usersync.ratelimit import RateLimiter  # noqa: E402  (after the environment: imports Airflow)
 
 from sandbox.common import Faults, serve  # noqa: E402
@@ -145,12 +145,14 @@ def kind_of(record: dict[str, Any]) -> str:
     return KINDS[(record["exterieur"], record["gestionnaire"])]
 
 
-def check_answers(data: PortailDFData, answers: list[dict[str, Any]]) -> dict[str, int]:
-    """Outcomes of the lookups, and how many disagree with the sandbox's ground truth (expected_kind)."""
+def check_answers(data: PortailDFData, users: list[dict[str, str]], answers: list[dict[str, Any]]) -> dict[str, int]:
+    """Outcomes of the lookups, and how many disagree with the sandbox's ground truth (expected_kind). Answers
+    carry the user's id, not the email (staged files hold no emails)."""
+    emails = {user["id"]: user["email"] for user in users}
     counts = {"found": 0, "not_found": 0, "failed": 0, "wrong": 0}
     for answer in answers:
         counts[answer["outcome"]] += 1
-        expected = data.expected_kind(answer["email"])
+        expected = data.expected_kind(emails[answer["user_id"]])
         if answer["outcome"] == "found":
             counts["wrong"] += kind_of(answer["record"]) != expected
         elif answer["outcome"] == "not_found":
@@ -272,7 +274,7 @@ def bench_sequential(url: str, users: list[dict[str, str]]) -> dict[str, Any]:
             wanted = user["email"].casefold()
             match = next((r for r in response.json()["results"] if r["email"].casefold() == wanted), None)
             answers.append(
-                {"email": user["email"], "outcome": "not_found" if match is None else "found", "record": match}
+                {"user_id": user["id"], "outcome": "not_found" if match is None else "found", "record": match}
             )
     return {
         "wall_s": time.perf_counter() - started,
@@ -283,27 +285,6 @@ def bench_sequential(url: str, users: list[dict[str, str]]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------- report
-
-
-def machine() -> dict[str, str]:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    mem_kib = next(
-        int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")
-    )
-    return {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": str(os.cpu_count()),
-        "memory": f"{mem_kib / 2**20:.1f} GiB",
-        "cpu": cpu,
-        "python": platform.python_version(),
-    }
 
 
 def verdict(ok: bool) -> str:
@@ -447,8 +428,8 @@ def main() -> None:
     finally:
         shutil.rmtree(WORK, ignore_errors=True)
 
-    sync["checked"] = check_answers(data, sync.pop("answers"))
-    sequential["checked"] = check_answers(data, sequential.pop("answers"))
+    sync["checked"] = check_answers(data, users, sync.pop("answers"))
+    sequential["checked"] = check_answers(data, users, sequential.pop("answers"))
     results.update(
         sync=sync,
         sync_server=server_counts(state, after_sync),

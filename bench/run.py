@@ -15,14 +15,12 @@ import json
 import math
 import multiprocessing
 import os
-import platform
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +45,7 @@ from tools.airflow_env import airflow_env  # noqa: E402  (imports no Airflow)
 
 os.environ.update(airflow_env(AIRFLOW_HOME, STAGING, log_level="WARNING"))
 
+import _machine  # noqa: E402  (bench/)
 import psycopg  # noqa: E402
 from psycopg import sql  # noqa: E402
 
@@ -275,26 +274,8 @@ def bench_fetch(pages: int, rate: int) -> dict[str, Any]:
 
 
 def machine() -> dict[str, str]:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    mem_kib = next(
-        int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")
-    )
     pg = subprocess.run([str(PG_BIN / "postgres"), "--version"], capture_output=True, text=True)
-    return {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": str(os.cpu_count()),
-        "memory": f"{mem_kib / 2**20:.1f} GiB",
-        "cpu": cpu,
-        "postgres": pg.stdout.strip(),
-        "python": platform.python_version(),
-    }
+    return _machine.machine(postgres=pg.stdout.strip())
 
 
 def fmt_s(seconds: float) -> str:
