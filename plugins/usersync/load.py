@@ -258,7 +258,6 @@ def upsert(
     full_refresh: bool = False,
     max_delete_share: float = 0.10,
     dry_run: bool = False,
-    scope: dict[str, Any] | None = None,
     fetch_started: float | None = None,
     moves_watermark: bool = True,
     watermark_upto: Any = None,
@@ -267,9 +266,9 @@ def upsert(
     the child's name), in one transaction (rolled back on a dry run or any failure). The delta is first
     checked to be this run's own, complete (rebuilt from this run's staging files if not).
 
-    `full_refresh`: the delta holds everything the source has (within `scope`, e.g. a date window, passed to
-    mark_deleted_<entity>.sql; a declaration's window is its own `window`), so the rows
-    it lacks get the entity's deletion policy: marked deleted (`marked_deleted`) or removed (`removed`);
+    `full_refresh`: the delta holds everything the source has (within the entity's own `window`, when it has
+    one), so the rows it lacks get the entity's deletion policy: marked deleted (`marked_deleted`) or removed
+    (`removed`);
     `fetch_started` (epoch seconds): rows written since, by another run, are left alone.
     `moves_watermark`: report the watermark (only runs that read everything since the last one may);
     `watermark_upto`: the run's upper bound, above which a source timestamp is not trusted as a watermark.
@@ -290,7 +289,7 @@ def upsert(
             counts.update({f"{child.name}_{k}": v for k, v in written.items()})
         counts["marked_deleted"] = counts["removed"] = 0
         if full_refresh and entity.deletion != "none":
-            params = {"run_id": run_id, "entity": name, "fetch_started": fetch_started, **(scope or {})}
+            params = {"run_id": run_id, "entity": name, "fetch_started": fetch_started}
             gone = _step(
                 db,
                 cur,

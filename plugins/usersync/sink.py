@@ -12,7 +12,7 @@ not Postgres.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from usersync import load
@@ -31,7 +31,6 @@ class Run:
     fetch_started: float | None = None  # epoch seconds
     moves_watermark: bool = True
     watermark_upto: Any = None
-    scope: dict[str, Any] = field(default_factory=dict)
 
 
 class Sink(Protocol):
